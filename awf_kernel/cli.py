@@ -1,0 +1,145 @@
+"""The `awf-kernel` command. `main(argv)` returns an exit code; tests call it directly."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from . import __version__
+from .errors import AWFError
+
+
+def _install(args) -> int:
+    from .kernelspec import install, parse_setting
+
+    settings = dict(parse_setting(s) for s in args.set or [])
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    path = install(user=args.user, prefix=prefix, name=args.name, display_name=args.display_name,
+                   settings=settings)
+    print(f"Installed kernel spec {args.name} ({args.display_name}) in {path}")
+    return 0
+
+
+def _build(args) -> int:
+    from .images import IMAGES, build
+
+    unknown = [i for i in args.image if i not in IMAGES]
+    if unknown:
+        raise AWFError(f"unknown image {unknown[0]!r}", hint=f"choose from: {', '.join(IMAGES)}")
+    for name, tag in build(args.image or None).items():
+        print(f"built {name}: {tag}")
+    return 0
+
+
+def _doctor(args) -> int:
+    from .doctor import run_checks
+
+    checks = run_checks()
+    for c in checks:
+        print(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
+        if not c.ok and c.fix:
+            print(f"       fix: {c.fix}")
+    bad = [c for c in checks if not c.ok]
+    print("all checks passed" if not bad else f"{len(bad)} problem(s) found")
+    return 0 if not bad else 1
+
+
+def _audit_dir(args) -> str:
+    if args.audit_dir:
+        return args.audit_dir
+    from .provisioner import AWFProvisioner
+
+    return AWFProvisioner().audit_dir
+
+
+def _logs(args) -> int:
+    from . import audit
+
+    audit_dir = _audit_dir(args)
+    kid = args.kernel_id
+    if kid is None:
+        folders = audit.kernels(audit_dir)
+        if not folders:
+            print(f"no audit logs in {audit_dir}", file=sys.stderr)
+            return 1
+        kid = folders[-1].name  # the most recent kernel
+
+    def emit(recs):
+        for r in recs:
+            print(json.dumps(r, sort_keys=True) if args.json else audit.format_record(r), flush=True)
+
+    seen = list(audit.records(audit_dir, kid))
+    emit(seen)
+    while args.follow:
+        time.sleep(0.5)
+        now = list(audit.records(audit_dir, kid))
+        emit(now[len(seen):])
+        seen = now
+    return 0
+
+
+def _gc(args) -> int:
+    from .sandbox.gc import collect
+
+    removed = collect(everything=args.all, dry_run=args.dry_run)
+    for line in removed:
+        print(("would remove " if args.dry_run else "removed ") + line)
+    if not removed:
+        print("nothing to collect")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .kernelspec import DISPLAY_NAME, KERNEL_NAME
+
+    p = argparse.ArgumentParser(prog="awf-kernel", description="A Jupyter kernel in an egress-filtered Docker sandbox.")
+    p.add_argument("--version", action="version", version=f"awf-kernel {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("install", help="write the awf-python kernel spec")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for the current user")
+    where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix (a venv/conda env)")
+    where.add_argument("--prefix", metavar="DIR", help="install under DIR/share/jupyter/kernels")
+    s.add_argument("--name", default=KERNEL_NAME)
+    s.add_argument("--display-name", default=DISPLAY_NAME)
+    s.add_argument("--set", action="append", metavar="SETTING=VALUE",
+                   help="store a provisioner setting in the spec (JSON or comma-separated lists), repeatable")
+    s.set_defaults(func=_install)
+
+    s = sub.add_parser("build", help="build the sandbox images")
+    s.add_argument("image", nargs="*", metavar="IMAGE", help="proxy and/or kernel (default: both)")
+    s.set_defaults(func=_build)
+
+    s = sub.add_parser("doctor", help="check Docker, images, kernel spec and host support")
+    s.set_defaults(func=_doctor)
+
+    s = sub.add_parser("logs", help="show a kernel's egress audit trail")
+    s.add_argument("kernel_id", nargs="?", help="kernel id or prefix (default: the latest kernel)")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
+    s.add_argument("--audit-dir", help=argparse.SUPPRESS)
+    s.set_defaults(func=_logs)
+
+    s = sub.add_parser("gc", help="remove sandbox resources left by dead kernels")
+    s.add_argument("--all", action="store_true", help="remove every awf-kernel pod, running or not")
+    s.add_argument("--dry-run", action="store_true")
+    s.set_defaults(func=_gc)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AWFError as exc:
+        print(f"awf-kernel: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def entrypoint() -> None:
+    sys.exit(main())

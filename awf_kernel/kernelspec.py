@@ -1,0 +1,72 @@
+"""The `awf-python` kernel spec: a refusing argv plus the provisioner and its settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+from jupyter_client.kernelspec import KernelSpecManager
+from traitlets import List, TraitError
+
+from .errors import AWFError
+
+KERNEL_NAME = "awf-python"
+DISPLAY_NAME = "Python (AWF sandboxed)"
+PROVISIONER_NAME = "awf-provisioner"
+
+
+class SettingError(AWFError):
+    pass
+
+
+def parse_setting(assignment: str) -> tuple[str, object]:
+    """`NAME=VALUE` -> (name, value) checked against the provisioner's traits.
+    VALUE is JSON when it parses as JSON; a list setting also takes a
+    comma-separated string (`allow_domains=a.com,b.org`)."""
+    from .provisioner import AWFProvisioner
+
+    name, sep, raw = assignment.partition("=")
+    name = name.strip()
+    traits = AWFProvisioner.class_traits(config=True)
+    if not sep or name not in traits:
+        known = ", ".join(sorted(traits))
+        raise SettingError(f"--set {assignment!r}: unknown setting {name!r}",
+                           hint=f"use NAME=VALUE with one of: {known}")
+    trait = traits[name]
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    if isinstance(trait, List) and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and trait.__class__.__name__ == "Unicode":
+        value = raw
+    try:
+        value = trait.validate(AWFProvisioner(), value)
+    except TraitError as exc:
+        raise SettingError(f"--set {assignment!r}: {exc}", hint=f"see `awf-kernel install --help` for {name}") from None
+    return name, value
+
+
+def make_spec(display_name: str = DISPLAY_NAME, settings: dict | None = None) -> dict:
+    return {
+        "argv": [sys.executable, "-m", "awf_kernel.refuse", "-f", "{connection_file}"],
+        "display_name": display_name,
+        "language": "python",
+        "interrupt_mode": "message",
+        "metadata": {
+            "debugger": False,
+            "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": dict(settings or {})},
+        },
+    }
+
+
+def install(*, user: bool = False, prefix: str | None = None, name: str = KERNEL_NAME,
+            display_name: str = DISPLAY_NAME, settings: dict | None = None) -> str:
+    spec = make_spec(display_name, settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "kernel.json"), "w") as f:
+            json.dump(spec, f, indent=1, sort_keys=True)
+        return KernelSpecManager().install_kernel_spec(tmp, kernel_name=name, user=user, prefix=prefix)

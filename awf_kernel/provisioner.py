@@ -1,0 +1,323 @@
+"""`awf-provisioner`: jupyter_client's hooks mapped onto a sandbox pod.
+
+The provisioner only gathers settings and calls the pure builders
+(awf_kernel.render) and the pod's lifecycle (awf_kernel.sandbox.docker); the
+latter blocks, so every call goes through `_docker` into a worker thread.
+Hooks mirror `subprocess.Popen` as jupyter_client expects: `poll` and `wait`
+read the kernel container's state, signals go to that container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import string
+import tempfile
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
+from jupyter_client.provisioning import KernelProvisionerBase
+from jupyter_core.paths import jupyter_data_dir
+from traitlets import Bool, Float, Int, List, Unicode, default
+
+from . import __version__, policy_source
+from .errors import SandboxStartError
+from .policy import Policy, parse_domains, resolve_policy
+from .render import firewall, pod as podspec, ports
+from .render.resolver import render_resolver_config
+from .render.squid import render_squid_conf
+from .sandbox import docker as sandbox
+
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
+# Host directories that must never be shared into a kernel as its working
+# directory: mounting them would hand the kernel the Docker socket or the host.
+_FORBIDDEN_WORKDIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/root/.docker",
+                       "/run", "/sbin", "/sys", "/usr", "/var", "/var/run", "/var/lib/docker"}
+
+
+class AWFProvisioner(KernelProvisionerBase):
+    """Runs the kernel in a Docker pod whose only way out is a filtering proxy.
+
+    Every setting can be given in the server's config (`c.AWFProvisioner.x`)
+    or in the kernel spec (`awf-kernel install --set x=...`); the kernel spec
+    wins. Notebook metadata can only narrow what these settings permit.
+    """
+
+    # --- images -------------------------------------------------------------
+    image = Unicode(f"awf-kernel/kernel:{__version__}", config=True, help="""
+        Image the kernel runs in. Any image with Python and ipykernel works; it
+        runs as `kernel_uid` with no capabilities. Build the default with
+        `awf-kernel build`. Set by: server config or kernel spec.""")
+    proxy_image = Unicode(f"awf-kernel/proxy:{__version__}", config=True, help="""
+        Image of the pod's proxy (Squid, the filtering resolver, the firewall
+        step). Built by `awf-kernel build`; change it only to a rebuilt copy.""")
+    kernel_cmd = List(Unicode(), ["python3", "-m", "ipykernel_launcher", "-f", podspec.CONNECTION_FILE],
+                      config=True, help="Command that starts the kernel inside `image`.")
+
+    # --- policy (admin bounds) ----------------------------------------------
+    allow_domains = List(Unicode(), [], config=True, help="""
+        Domains every kernel may reach, whatever the notebook says (grammar:
+        `host`, `*.host` subdomains only, `.host` both; presets like `@pypi`).
+        Default: none, so a notebook without metadata reaches nothing.""")
+    block_domains = List(Unicode(), [], config=True, help="""
+        Domains no kernel may reach, even if allowed elsewhere (deny wins).""")
+    domain_ceiling = List(Unicode(), None, allow_none=True, config=True, help="""
+        The most a notebook may ask for. None (default): notebooks may ask for
+        any domain. A list: a notebook asking for a domain outside it gets an
+        error at kernel start and no kernel. [] forbids notebook requests.""")
+
+    # --- network -------------------------------------------------------------
+    egress_network = Unicode("bridge", config=True, help="""
+        Docker network through which the proxy reaches the outside. Only the
+        proxy is attached to it. An `--internal` network works too (a private
+        per-kernel network then publishes the kernel's ports).""")
+    dns_servers = List(Unicode(), [], config=True, help="""
+        Resolvers the pod's filtering resolver forwards allowed names to.
+        Empty (default): the resolvers Docker gives containers on
+        `egress_network`. Only allowed names are ever forwarded.""")
+
+    # --- kernel container ------------------------------------------------------
+    kernel_uid = Int(None, allow_none=True, config=True, help="""
+        uid the kernel runs as. Default: the Jupyter server's uid, or 1000 when
+        the server runs as root (the kernel never runs as root).""")
+    kernel_gid = Int(None, allow_none=True, config=True, help="gid of the kernel (default: like kernel_uid).")
+    mem_limit = Unicode("2g", config=True, help="Memory limit of the kernel container (Docker syntax, '' = none).")
+    cpu_limit = Float(1.0, config=True, help="CPUs the kernel may use (0 = no limit).")
+    pids_limit = Int(512, config=True, help="Most processes/threads in the kernel container (0 = no limit).")
+    mount_workdir = Bool(True, config=True, help="""
+        Mount the notebook's folder into the kernel at the same path (read-write)
+        and start there. System folders and / are never mounted.""")
+    extra_mounts = List(Unicode(), [], config=True, help="""
+        More bind mounts for the kernel, as `HOST_PATH:CONTAINER_PATH[:ro]`.""")
+    env_allowlist = List(Unicode(), ["LANG", "LC_*", "TZ", "JPY_SESSION_NAME"], config=True, help="""
+        Names (fnmatch patterns) of the launcher's environment variables passed
+        to the kernel. Nothing else of the server's environment (tokens!)
+        reaches the kernel. The kernel spec's `env` is always passed.""")
+    audit_dir = Unicode(config=True, help="Folder where each kernel's egress audit log is kept.")
+    startup_timeout = Float(60.0, config=True, help="Seconds the pod's firewall step may take.")
+
+    @default("audit_dir")
+    def _audit_dir_default(self) -> str:
+        return str(pathlib.Path(jupyter_data_dir()) / "awf-kernel" / "audit")
+
+    # --- state -------------------------------------------------------------------
+    pod: sandbox.Pod | None = None
+    policy: Policy | None = None
+    ports_cached = False
+    connection_dir: str | None = None
+    _launch: dict[str, Any] = {}
+
+    @property
+    def has_process(self) -> bool:
+        return self.pod is not None
+
+    async def _docker(self, fn, *args, **kwargs):
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # --- start -------------------------------------------------------------------
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        """Called from `KernelManager.pre_start_kernel` at every start and
+        restart: re-reads the policy, so edited metadata applies on restart.
+        Does not call super(): the base starts from the server's environment."""
+        km = self.parent
+        launcher_env = dict(kwargs.pop("env", None) or os.environ)
+        kwargs.pop("transport_encryption", None)
+        kwargs.pop("extra_arguments", None)
+        cwd = kwargs.pop("cwd", None)
+
+        self.policy = self.resolve_policy(launcher_env)
+        self.log.info("awf-kernel %s: effective policy %s", self.kernel_id, json.dumps(self.policy.to_json()))
+        await self._docker(sandbox.require_image, self.image, "image")
+        await self._docker(sandbox.require_image, self.proxy_image, "proxy_image")
+        egress = await self._docker(sandbox.egress_network, self.egress_network)
+
+        if km.cache_ports and not self.ports_cached:
+            lpc = LocalPortCache.instance()
+            for name in PORT_NAMES:
+                setattr(km, name, lpc.find_available_port(km.ip))
+            self.ports_cached = True
+        km.write_connection_file(jupyter_session=launcher_env.get("JPY_SESSION_NAME", ""))
+        self.connection_info = km.get_connection_info()
+
+        self._launch = {"egress": egress, "env": self._kernel_env(launcher_env), "workdir": self._workdir(cwd)}
+        return {**kwargs, "cmd": list(self.kernel_cmd)}
+
+    def resolve_policy(self, launcher_env: dict[str, str]) -> Policy:
+        request = policy_source.load_request(launcher_env, root_dir=self._root_dir(), log=self.log)
+        ceiling = None if self.domain_ceiling is None else parse_domains(
+            self.domain_ceiling, "AWFProvisioner.domain_ceiling")
+        return resolve_policy(
+            admin_allow=parse_domains(self.allow_domains, "AWFProvisioner.allow_domains"),
+            admin_block=parse_domains(self.block_domains, "AWFProvisioner.block_domains"),
+            ceiling=ceiling, request=request)
+
+    def _root_dir(self) -> str | None:
+        mkm = getattr(self.parent, "parent", None)
+        return getattr(mkm, "root_dir", None) or None
+
+    def _kernel_env(self, launcher_env: dict[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in launcher_env.items()
+               if any(fnmatch.fnmatchcase(k, pat) for pat in self.env_allowlist)}
+        for key, value in (self.kernel_spec.env or {}).items():
+            env[key] = string.Template(value).safe_substitute(launcher_env)
+        env.pop("JPY_PARENT_PID", None)  # under --init the kernel would see pid 1 and exit
+        return env
+
+    def _workdir(self, cwd: str | None) -> str | None:
+        if not self.mount_workdir:
+            return None
+        path = os.path.realpath(cwd or os.getcwd())
+        if path in _FORBIDDEN_WORKDIRS or not os.path.isdir(path):
+            self.log.warning("awf-kernel: not mounting %s into the kernel (system folder or missing)", path)
+            return None
+        return path
+
+    def _ids(self) -> tuple[int, int]:
+        uid = self.kernel_uid if self.kernel_uid is not None else (os.getuid() or 1000)
+        gid = self.kernel_gid if self.kernel_gid is not None else (os.getgid() if os.getuid() else uid)
+        if uid in (0, ports.PROXY_UID):
+            raise SandboxStartError(f"kernel_uid {uid} is not allowed (root or the proxy's uid)",
+                                    hint="set AWFProvisioner.kernel_uid to an ordinary user id")
+        return uid, gid
+
+    def _mounts(self) -> tuple[podspec.Mount, ...]:
+        out = []
+        for spec in self.extra_mounts:
+            parts = spec.split(":")
+            if len(parts) not in (2, 3) or not parts[0] or not parts[1] or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+                raise SandboxStartError(f"extra_mounts entry {spec!r} is not HOST:CONTAINER[:ro]",
+                                        hint="fix AWFProvisioner.extra_mounts")
+            out.append(podspec.Mount(os.path.realpath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro"))
+        return tuple(out)
+
+    def _connection_copy(self, uid: int, gid: int) -> str:
+        """A per-kernel folder with the container's own connection file:
+        the kernel binds 0.0.0.0 inside its namespace, never the server's runtime dir."""
+        d = tempfile.mkdtemp(prefix=f"awf-kernel-{self.kernel_id[:8]}-")
+        info = dict(self.connection_info)
+        info["ip"] = "0.0.0.0"
+        info = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
+        path = os.path.join(d, "kernel.json")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            json.dump(info, f)
+        if os.getuid() == 0:
+            os.chown(d, uid, gid)
+            os.chown(path, uid, gid)
+        os.chmod(d, 0o700)
+        return d
+
+    def _audit_dir_for_kernel(self) -> str:
+        base = pathlib.Path(self.audit_dir)
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        d = base / self.kernel_id
+        d.mkdir(exist_ok=True)
+        os.chmod(d, 0o777)  # written by the proxy's uid 13; the parent (0700) keeps others out
+        return str(d)
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        """Called from `KernelManager._launch_kernel`: makes the pod and returns
+        the connection info (127.0.0.1 and the published ports)."""
+        uid, gid = self._ids()
+        self.connection_dir = self._connection_copy(uid, gid)
+        egress = self._launch["egress"]
+        settings = podspec.PodSettings(
+            kernel_id=self.kernel_id,
+            proxy_image=self.proxy_image,
+            kernel_image=self.image,
+            kernel_cmd=tuple(cmd),
+            kernel_ports=tuple(int(self.connection_info[p]) for p in PORT_NAMES),
+            network=egress.name if not egress.internal else podspec.ingress_network_name(self.kernel_id),
+            uid=uid, gid=gid,
+            connection_dir=self.connection_dir,
+            audit_dir=self._audit_dir_for_kernel(),
+            env=self._launch["env"],
+            workdir=self._launch["workdir"],
+            mounts=self._mounts(),
+            mem_limit=self.mem_limit or None,
+            cpu_limit=self.cpu_limit or None,
+            pids_limit=self.pids_limit or None,
+            server=f"{socket.gethostname()}:{os.getpid()}",
+        )
+        files = {
+            "squid.conf": render_squid_conf(self.policy, kernel_id=self.kernel_id).encode(),
+            "resolver.json": render_resolver_config(self.policy, kernel_id=self.kernel_id,
+                                                    upstreams=list(self.dns_servers)).encode(),
+        }
+        firewall_env = {
+            "AWF_IPV4_RULES": firewall.render_ipv4_rules(kernel_ports=settings.kernel_ports,
+                                                         denied_destinations=egress.host_addresses),
+            "AWF_IPV6_RULES": firewall.render_ipv6_rules(),
+            "AWF_WAIT_TCP": f"{ports.SQUID_EXPLICIT} {ports.SQUID_HTTP_INTERCEPT} {ports.SQUID_HTTPS_INTERCEPT}",
+            "AWF_WAIT_UDP": str(ports.RESOLVER),
+        }
+        try:
+            self.pod = await self._docker(sandbox.create_pod, settings, egress, files, firewall_env,
+                                          self.startup_timeout)
+        except BaseException:
+            self._remove_connection_dir()
+            raise
+        return self.connection_info
+
+    # --- running -----------------------------------------------------------------
+    async def poll(self) -> int | None:
+        """Called from `KernelManager.is_alive`: None while the kernel runs."""
+        if self.pod is None:
+            return 0
+        running, code = await self._docker(sandbox.container_state, self.pod.kernel_id_container)
+        return None if running else (code if code is not None else -1)
+
+    async def wait(self) -> int | None:
+        ret = 0
+        while self.pod is not None and (ret := await self.poll()) is None:
+            await asyncio.sleep(0.1)
+        return ret
+
+    async def send_signal(self, signum: int) -> None:
+        """Signals reach the kernel through the container's init (tini)."""
+        if self.pod is not None:
+            await self._docker(sandbox.signal_container, self.pod.kernel_id_container, signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Called from `KernelManager.cleanup_resources`: removes the whole pod
+        (a restart makes a new one with the re-read policy on the same ports)."""
+        await self._docker(sandbox.remove_pod, self.kernel_id)
+        self.pod = None
+        self._remove_connection_dir()
+        if self.ports_cached and not restart:
+            lpc = LocalPortCache.instance()
+            for name in PORT_NAMES:
+                lpc.return_port(int(self.connection_info[name]))
+            self.ports_cached = False
+
+    def _remove_connection_dir(self) -> None:
+        if self.connection_dir:
+            shutil.rmtree(self.connection_dir, ignore_errors=True)
+            self.connection_dir = None
+
+    def get_stable_start_time(self, recommended: float = 10.0) -> float:
+        return max(recommended, 30.0)
+
+    async def get_provisioner_info(self) -> dict:
+        info = await super().get_provisioner_info()
+        if self.pod is not None:
+            info["awf_pod"] = {"proxy": self.pod.proxy_id, "kernel": self.pod.kernel_id_container,
+                               "ingress": self.pod.ingress_network}
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        pod = provisioner_info.get("awf_pod")
+        if pod:
+            self.pod = sandbox.Pod(self.kernel_id, pod["proxy"], pod["kernel"], pod.get("ingress"))

@@ -1,0 +1,160 @@
+"""Docker SDK arguments for the three containers of one kernel's pod.
+
+Pure: settings in, `containers.create(**kwargs)` dictionaries out, so tests can
+compare a whole spec with an expected value and no engine is needed. The pod:
+
+- proxy:    owns the network namespace; Squid + resolver as uid 13, no capabilities;
+            publishes the kernel's ports on 127.0.0.1 only.
+- firewall: one-shot, root with NET_ADMIN only, in the proxy's namespace.
+- kernel:   joins the proxy's namespace; no capabilities at any moment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import naming
+from . import ports
+
+CONNECTION_DIR = "/awf/connection"
+CONNECTION_FILE = f"{CONNECTION_DIR}/kernel.json"
+AUDIT_DIR_IN_PROXY = "/var/log/awf"
+PROXY_URL = f"http://127.0.0.1:{ports.SQUID_EXPLICIT}"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool = False
+
+    def to_docker(self) -> dict:
+        return {"Type": "bind", "Source": self.source, "Target": self.target, "ReadOnly": self.read_only}
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    kernel_id: str
+    proxy_image: str
+    kernel_image: str
+    kernel_cmd: tuple[str, ...]
+    kernel_ports: tuple[int, ...]
+    network: str                      # the network the proxy is created on (publishes the ports)
+    uid: int
+    gid: int
+    connection_dir: str               # host dir, holds the container's copy of the connection file
+    audit_dir: str                    # host dir for this kernel's audit log
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    mem_limit: str | None = "2g"
+    cpu_limit: float | None = 1.0
+    pids_limit: int | None = 512
+    server: str = ""
+
+
+def _limits(s: PodSettings) -> dict:
+    out: dict = {}
+    if s.mem_limit:
+        out["mem_limit"] = s.mem_limit
+        out["memswap_limit"] = s.mem_limit  # no swap beyond the limit
+    if s.cpu_limit:
+        out["nano_cpus"] = int(s.cpu_limit * 1e9)
+    if s.pids_limit:
+        out["pids_limit"] = s.pids_limit
+    return out
+
+
+_LOCKED_DOWN = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "init": True}
+
+
+def proxy_create_kwargs(s: PodSettings) -> dict:
+    return {
+        "image": s.proxy_image,
+        "name": naming.resource_name(s.kernel_id, "proxy"),
+        "labels": naming.labels(s.kernel_id, "proxy", s.server),
+        "network": s.network,
+        "ports": {f"{p}/tcp": ("127.0.0.1", p) for p in s.kernel_ports},
+        # The resolver binds port 53 as uid 13 without any capability.
+        "sysctls": {"net.ipv4.ip_unprivileged_port_start": "53",
+                    "net.ipv6.conf.all.disable_ipv6": "1",
+                    "net.ipv6.conf.default.disable_ipv6": "1"},
+        "mounts": [Mount(s.audit_dir, AUDIT_DIR_IN_PROXY).to_docker()],
+        "mem_limit": "256m",
+        "memswap_limit": "256m",
+        "pids_limit": 256,
+        "detach": True,
+        **_LOCKED_DOWN,
+    }
+
+
+def firewall_create_kwargs(s: PodSettings, proxy_id: str, env: dict[str, str]) -> dict:
+    return {
+        "image": s.proxy_image,
+        "name": naming.resource_name(s.kernel_id, "firewall"),
+        "labels": naming.labels(s.kernel_id, "firewall", s.server),
+        "entrypoint": ["/usr/local/bin/awf-firewall"],
+        "user": "0:0",
+        "network_mode": f"container:{proxy_id}",
+        "cap_drop": ["ALL"],
+        "cap_add": ["NET_ADMIN", "NET_RAW"],
+        "security_opt": ["no-new-privileges"],
+        "environment": env,
+        "pids_limit": 64,
+        "mem_limit": "128m",
+        "detach": True,
+    }
+
+
+def kernel_env(s: PodSettings) -> dict[str, str]:
+    """The kernel's whole environment: the allowlisted values the provisioner
+    passed plus what the sandbox itself needs. Never the server's environment."""
+    env = dict(s.env)
+    env.update({
+        "HOME": "/tmp",
+        "HTTP_PROXY": PROXY_URL, "HTTPS_PROXY": PROXY_URL,
+        "http_proxy": PROXY_URL, "https_proxy": PROXY_URL,
+        "NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1",
+        "AWF_SANDBOX": "1",
+        "AWF_KERNEL_ID": s.kernel_id,
+    })
+    return env
+
+
+def kernel_create_kwargs(s: PodSettings, proxy_id: str) -> dict:
+    mounts = [Mount(s.connection_dir, CONNECTION_DIR)]
+    if s.workdir:
+        mounts.append(Mount(s.workdir, s.workdir))
+    mounts.extend(s.mounts)
+    kwargs = {
+        "image": s.kernel_image,
+        "name": naming.resource_name(s.kernel_id, "kernel"),
+        "labels": naming.labels(s.kernel_id, "kernel", s.server),
+        "command": list(s.kernel_cmd),
+        "entrypoint": [""],  # run the kernel command itself, whatever the image's ENTRYPOINT
+        "user": f"{s.uid}:{s.gid}",
+        "network_mode": f"container:{proxy_id}",
+        "environment": kernel_env(s),
+        "mounts": [m.to_docker() for m in mounts],
+        "working_dir": s.workdir or "/tmp",
+        "detach": True,
+        **_LOCKED_DOWN,
+        **_limits(s),
+    }
+    return kwargs
+
+
+def ingress_network_name(kernel_id: str) -> str:
+    return naming.resource_name(kernel_id, "ingress")
+
+
+def ingress_network_kwargs(s: PodSettings) -> dict:
+    """A per-kernel bridge for publishing the kernel's ports when the egress
+    network is internal (Docker ignores published ports there). Nothing may
+    leave through it: the firewall removes its default route."""
+    return {
+        "name": ingress_network_name(s.kernel_id),
+        "driver": "bridge",
+        "labels": naming.labels(s.kernel_id, "ingress", s.server),
+        "options": {"com.docker.network.bridge.enable_icc": "false"},
+    }

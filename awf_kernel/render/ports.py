@@ -1,0 +1,9 @@
+"""Fixed ports inside a pod. Each pod has its own network namespace, so these
+never clash between kernels; only the kernel's five ZMQ ports are published."""
+
+SQUID_EXPLICIT = 3128
+SQUID_HTTP_INTERCEPT = 3129
+SQUID_HTTPS_INTERCEPT = 3130
+RESOLVER = 53
+PROXY_UID = 13  # Debian's `proxy` user in the proxy image: the only uid allowed out
+WEB_PORTS = (80, 443)

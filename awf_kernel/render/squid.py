@@ -1,0 +1,101 @@
+"""squid.conf for one pod, rendered from the effective policy.
+
+Hosts reach this text only after awf_kernel.policy validated them against the
+host grammar ([a-z0-9.-]), so no entry can inject a directive; each is still
+escaped for the regex it lands in.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..policy import DomainRule, Policy
+from . import ports
+
+# A regex that cannot match a host name: Squid rejects an ACL with no values.
+_NEVER = r"^awf-empty-acl\.invalid$"
+
+ERROR_PAGE = "ERR_AWF_DENIED"
+
+
+def host_regex(rule: DomainRule) -> str:
+    """Anchored regex for one rule; a trailing dot in the request is tolerated."""
+    host = re.escape(rule.host)
+    if rule.scope == "exact":
+        return rf"^{host}\.?$"
+    if rule.scope == "subdomains":
+        return rf"\.{host}\.?$"
+    return rf"(^|\.){host}\.?$"
+
+
+def _acl(name: str, kind: str, rules: tuple[DomainRule, ...]) -> list[str]:
+    values = [host_regex(r) for r in rules] or [_NEVER]
+    return [f"acl {name} {kind} -i {v}" for v in values]
+
+
+def render_squid_conf(policy: Policy, *, kernel_id: str) -> str:
+    """The whole squid.conf. Order of http_access lines is the security policy:
+    block lists and raw IPs are denied before anything is allowed."""
+    allow_all = policy.mode == "record" and getattr(policy, "allow_all", False)
+    lines = [
+        f"# awf-kernel pod proxy for kernel {kernel_id}; generated, do not edit",
+        "visible_hostname awf-proxy",
+        "pid_filename /run/awf/squid.pid",
+        "cache_log stdio:/dev/stderr",
+        "logfile_rotate 0",
+        "cache deny all",
+        "cache_mem 4 MB",
+        "pinger_enable off",
+        "shutdown_lifetime 0 seconds",
+        "dns_nameservers 127.0.0.1",
+        "forwarded_for delete",
+        "via off",
+        "httpd_suppress_version_string on",
+        # Never trust the client's idea of where a host lives: Squid resolves the
+        # name itself and refuses a Host/SNI that does not match the real address.
+        "host_verify_strict on",
+        "client_dst_passthru off",
+        "error_directory /etc/awf-proxy/errors",
+        f"http_port 127.0.0.1:{ports.SQUID_EXPLICIT} name=explicit ssl-bump"
+        " cert=/etc/awf-proxy/cert.pem key=/etc/awf-proxy/key.pem generate-host-certificates=off",
+        f"http_port 127.0.0.1:{ports.SQUID_HTTP_INTERCEPT} name=http_intercept intercept",
+        f"https_port 127.0.0.1:{ports.SQUID_HTTPS_INTERCEPT} name=https_intercept intercept ssl-bump"
+        " cert=/etc/awf-proxy/cert.pem key=/etc/awf-proxy/key.pem generate-host-certificates=off",
+        "",
+        "acl step1 at_step SslBump1",
+        "acl step2 at_step SslBump2",
+        "acl CONNECT method CONNECT",
+        "acl https_port port 443",
+        "acl web_ports port " + " ".join(str(p) for p in ports.WEB_PORTS),
+        "acl https_intercept myportname https_intercept",
+        "acl to_linklocal dst 169.254.0.0/16",
+        r"acl raw_ip dstdom_regex -n ^[0-9.]+$ ^\[ ^[0-9a-f:]+$",
+        r"acl raw_ip_sni ssl::server_name_regex ^[0-9.]+$ ^\[ ^[0-9a-f:]+$",
+        *_acl("awf_block", "dstdom_regex -n", policy.block),
+        *_acl("awf_allow", "dstdom_regex -n", policy.allow),
+        *_acl("awf_block_sni", "ssl::server_name_regex", policy.block),
+        *_acl("awf_allow_sni", "ssl::server_name_regex", policy.allow),
+        "",
+        "http_access deny !web_ports",
+        "http_access deny CONNECT !https_port",
+        # Intercepted TLS arrives as a CONNECT to an IP; it is judged by SNI below.
+        "http_access allow CONNECT https_intercept",
+        "http_access deny awf_block",
+        "http_access deny raw_ip",
+        "http_access deny to_localhost",
+        "http_access deny to_linklocal",
+        "http_access allow all" if allow_all else "http_access allow awf_allow",
+        "http_access deny all",
+        f"deny_info {ERROR_PAGE} all",
+        "",
+        "ssl_bump peek step1",
+        "ssl_bump terminate awf_block_sni",
+        "ssl_bump terminate raw_ip_sni",
+        "ssl_bump splice all" if allow_all else "ssl_bump splice awf_allow_sni",
+        "ssl_bump terminate all",
+        "",
+        "logformat awf %ts.%03tu %>a %rm %#>rd %>rp %#ssl::>sni %Ss %>Hs %<st %ssl::bump_mode",
+        "access_log stdio:/var/log/awf/access.log awf",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Side effects: creating, watching and removing sandbox pods."""

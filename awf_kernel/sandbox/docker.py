@@ -1,0 +1,228 @@
+"""The pod's lifecycle on a Docker engine, through the docker SDK.
+
+Every function here is synchronous and blocking; the provisioner runs them in
+a worker thread (`asyncio.to_thread`) so the Jupyter server's event loop never
+waits on the engine. `create_pod` reads as the script of the pod's start:
+networks, proxy, firewall, kernel; if any step fails, everything made so far
+is removed before the error propagates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from .. import naming
+from ..errors import DockerUnavailable, ImageMissing, NetworkMissing, PortClash, SandboxStartError
+from ..render import pod as podspec
+from ..render import ports
+
+_client = None
+
+
+def client() -> docker.DockerClient:
+    """The engine connection, made on first use (never at import)."""
+    global _client
+    if _client is None:
+        try:
+            c = docker.from_env(timeout=60)
+            c.ping()
+        except DockerException as exc:
+            raise DockerUnavailable(str(exc)) from exc
+        _client = c
+    return _client
+
+
+@dataclass(frozen=True)
+class EgressNetwork:
+    name: str
+    internal: bool
+    gateway: str | None      # the route out; None on internal networks
+    subnets: tuple[str, ...]
+    host_addresses: tuple[str, ...]  # the Docker host's own addresses on it, internal or not
+
+
+@dataclass
+class Pod:
+    kernel_id: str
+    proxy_id: str
+    kernel_id_container: str
+    ingress_network: str | None
+
+
+def egress_network(name: str) -> EgressNetwork:
+    try:
+        net = client().networks.get(name)
+    except NotFound:
+        raise NetworkMissing(name) from None
+    attrs = net.attrs
+    configs = (attrs.get("IPAM") or {}).get("Config") or []
+    gateways = [c["Gateway"] for c in configs if c.get("Gateway") and ":" not in c["Gateway"]]
+    subnets = tuple(c["Subnet"] for c in configs if c.get("Subnet"))
+    internal = bool(attrs.get("Internal"))
+    if attrs.get("Driver") == "host" or name == "host":
+        raise SandboxStartError(f"egress_network '{name}' is the host's network; a pod needs its own namespace",
+                                hint="set egress_network to a bridge network (default: bridge)")
+    gateway = None if internal or not gateways else gateways[0]
+    return EgressNetwork(name, internal, gateway, subnets, tuple(gateways))
+
+
+def require_image(name: str, setting: str) -> None:
+    try:
+        client().images.get(name)
+    except ImageNotFound:
+        raise ImageMissing(name, setting) from None
+
+
+def _address(container, network: str) -> str:
+    container.reload()
+    nets = container.attrs["NetworkSettings"]["Networks"]
+    ip = (nets.get(network) or {}).get("IPAddress")
+    if not ip:
+        raise SandboxStartError(f"the proxy container got no address on network '{network}'")
+    return ip
+
+
+_PORT_CLASH = re.compile(r"(port is already allocated|address already in use)", re.I)
+_PORT_IN_MSG = re.compile(r"127\.0\.0\.1:(\d+)")
+
+
+def _start_proxy(proxy) -> None:
+    try:
+        proxy.start()
+    except APIError as exc:
+        text = str(exc)
+        if _PORT_CLASH.search(text):
+            m = _PORT_IN_MSG.search(text)
+            raise PortClash(int(m.group(1)) if m else None) from None
+        raise
+
+
+def create_pod(settings: podspec.PodSettings, egress: EgressNetwork, files: dict[str, bytes],
+               firewall_env: dict[str, str], startup_timeout: float = 30.0) -> Pod:
+    """Create and start one kernel's pod; on any failure remove what was made."""
+    try:
+        return _create_pod(settings, egress, files, firewall_env, startup_timeout)
+    except BaseException:
+        remove_pod(settings.kernel_id)
+        raise
+
+
+def _create_pod(settings, egress, files, firewall_env, startup_timeout) -> Pod:
+    c = client()
+    ingress = None
+    if egress.internal:
+        ingress = c.networks.create(**podspec.ingress_network_kwargs(settings)).name
+
+    proxy = c.containers.create(**podspec.proxy_create_kwargs(settings))
+    if ingress:
+        c.networks.get(egress.name).connect(proxy)
+    proxy.put_archive("/etc/awf", _tar(files))
+    _start_proxy(proxy)
+
+    env = dict(firewall_env)
+    env["AWF_EGRESS_IP"] = _address(proxy, egress.name)
+    env["AWF_INGRESS_IP"] = _address(proxy, ingress or egress.name)
+    env["AWF_DEFAULT_GW"] = egress.gateway or "none"
+    _run_firewall(settings, proxy, env, startup_timeout)
+
+    kernel = c.containers.create(**podspec.kernel_create_kwargs(settings, proxy.id))
+    kernel.start()
+    return Pod(settings.kernel_id, proxy.id, kernel.id, ingress)
+
+
+def _run_firewall(settings, proxy, env, timeout) -> None:
+    fw = client().containers.create(**podspec.firewall_create_kwargs(settings, proxy.id, env))
+    try:
+        fw.start()
+        try:
+            result = fw.wait(timeout=timeout)
+        except Exception as exc:  # requests' ReadTimeout and friends
+            raise SandboxStartError(f"the pod's firewall step did not finish in {timeout:.0f} s",
+                                    logs=_logs(fw) + _logs(proxy)) from exc
+        if result.get("StatusCode") != 0:
+            raise SandboxStartError("the pod's firewall step failed; no kernel was started",
+                                    logs=_logs(fw) + _logs(proxy))
+    finally:
+        _remove_container(fw)
+
+
+def _logs(container, tail: int = 40) -> str:
+    try:
+        return container.logs(tail=tail).decode(errors="replace")
+    except (APIError, NotFound):
+        return ""
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+    import time
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        dirs = sorted({name.rsplit("/", 1)[0] for name in files if "/" in name})
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, ports.PROXY_UID, ports.PROXY_UID, time.time()
+            tar.addfile(info)
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o444
+            info.uid = info.gid = ports.PROXY_UID
+            info.mtime = time.time()
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def container_state(container_id: str) -> tuple[bool, int | None]:
+    """(running, exit code). A container that is gone counts as exited with -1."""
+    try:
+        attrs = client().api.inspect_container(container_id)
+    except NotFound:
+        return False, -1
+    state = attrs["State"]
+    return bool(state.get("Running")), state.get("ExitCode")
+
+
+def signal_container(container_id: str, signum: int) -> None:
+    try:
+        client().api.kill(container_id, signal=int(signum))
+    except NotFound:
+        pass
+    except APIError as exc:
+        if exc.status_code != 409:  # 409: not running, nothing to signal
+            raise
+
+
+def _remove_container(container) -> None:
+    try:
+        container.remove(force=True)
+    except NotFound:
+        pass
+    except APIError as exc:
+        if exc.status_code not in (404, 409):
+            raise
+
+
+def remove_pod(kernel_id: str) -> None:
+    """Remove every container and network labelled with this kernel id.
+    Idempotent: what is already gone is fine."""
+    c = client()
+    for container in c.containers.list(all=True, filters=naming.kernel_filter(kernel_id)):
+        # kernel first: it holds the proxy's namespace
+        if container.labels.get(naming.ROLE) == "kernel":
+            _remove_container(container)
+    for container in c.containers.list(all=True, filters=naming.kernel_filter(kernel_id)):
+        _remove_container(container)
+    for net in c.networks.list(filters=naming.kernel_filter(kernel_id)):
+        try:
+            net.remove()
+        except NotFound:
+            pass
+        except APIError as exc:
+            if exc.status_code not in (404, 409):
+                raise

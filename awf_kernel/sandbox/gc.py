@@ -1,0 +1,86 @@
+"""Finding and removing leftovers by label, never by name."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import socket
+import tempfile
+
+from .. import naming
+from .docker import client, remove_pod
+
+
+def _server_alive(server: str) -> bool:
+    """Is the Jupyter process that made a pod still running on this host?"""
+    host, _, pid = server.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # made elsewhere: not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def leftover_kernels(everything: bool = False) -> dict[str, str]:
+    """kernel id -> why it counts as dead. A pod is dead when its kernel
+    container is not running, or the server that started it is gone."""
+    c = client()
+    pods: dict[str, dict] = {}
+    for container in c.containers.list(all=True, filters=naming.kernel_filter()):
+        kid = container.labels.get(naming.KERNEL_ID, "")
+        pods.setdefault(kid, {})[container.labels.get(naming.ROLE)] = container
+    for net in c.networks.list(filters=naming.kernel_filter()):
+        pods.setdefault(net.attrs["Labels"].get(naming.KERNEL_ID, ""), {})
+    dead = {}
+    for kid, members in pods.items():
+        kernel = members.get("kernel")
+        if everything:
+            dead[kid] = "--all"
+        elif kernel is None:
+            dead[kid] = "no kernel container"
+        elif kernel.status != "running":
+            dead[kid] = f"kernel container {kernel.status}"
+        elif not _server_alive(kernel.labels.get(naming.SERVER, "")):
+            dead[kid] = "its Jupyter server is gone"
+    return dead
+
+
+def stale_connection_dirs() -> list[pathlib.Path]:
+    """Per-kernel connection folders whose kernel no longer exists."""
+    live = {k.labels.get(naming.KERNEL_ID, "")[:8]
+            for k in client().containers.list(all=True, filters=naming.kernel_filter())}
+    out = []
+    for d in pathlib.Path(tempfile.gettempdir()).glob("awf-kernel-*"):
+        short = d.name[len("awf-kernel-"):].split("-", 1)[0]
+        if d.is_dir() and short not in live:
+            out.append(d)
+    return out
+
+
+def collect(everything: bool = False, dry_run: bool = False) -> list[str]:
+    """Remove dead pods and stale connection folders; return what was removed."""
+    removed = []
+    for kid, why in sorted(leftover_kernels(everything).items()):
+        removed.append(f"pod of kernel {kid} ({why})")
+        if not dry_run:
+            remove_pod(kid)
+    for d in stale_connection_dirs():
+        removed.append(f"folder {d}")
+        if not dry_run:
+            shutil.rmtree(d, ignore_errors=True)
+    return removed
+
+
+def count_resources() -> dict[str, int]:
+    c = client()
+    return {
+        "containers": len(c.containers.list(all=True, filters=naming.kernel_filter())),
+        "networks": len(c.networks.list(filters=naming.kernel_filter())),
+    }
+
+

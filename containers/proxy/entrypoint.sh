@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# [awf-proxy] Runs as the unprivileged `proxy` user: the filtering resolver in
+# the background, then Squid in the foreground. The provisioner writes the
+# rendered configuration into /etc/awf before starting the container.
+set -euo pipefail
+
+CONF_DIR=/etc/awf
+log() { echo "[awf-proxy] $*" >&2; }
+
+check_config() {
+  # A proxy without its policy must not start: the firewall step would then
+  # wait forever instead of failing, and no kernel must run unfiltered.
+  for f in squid.conf resolver.json; do
+    [[ -s "$CONF_DIR/$f" ]] || { log "missing $CONF_DIR/$f"; exit 64; }
+  done
+}
+
+start_resolver() {
+  python3 /usr/local/lib/awf/resolver.py "$CONF_DIR/resolver.json" &
+}
+
+run_squid() {
+  squid -k parse -f "$CONF_DIR/squid.conf" 2>/tmp/squid-parse.log || {
+    cat /tmp/squid-parse.log >&2; log "squid.conf does not parse"; exit 65; }
+  log "starting squid"
+  exec squid -N -f "$CONF_DIR/squid.conf"
+}
+
+main() {
+  check_config
+  start_resolver
+  run_squid
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi
