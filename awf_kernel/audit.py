@@ -13,8 +13,8 @@ import urllib.parse
 from collections.abc import Iterator
 
 # Field order of the `awf` logformat in render/squid.py.
-SQUID_FIELDS = ("time", "client", "method", "host", "port", "sni", "squid_status", "status", "bytes",
-                "bump")
+SQUID_FIELDS = ("time", "client", "squid_port", "method", "host", "port", "sni", "squid_status", "status",
+                "bytes", "bump")
 
 
 def parse_squid_line(line: str, kernel_id: str) -> dict | None:

@@ -140,7 +140,8 @@ class AWFProvisioner(KernelProvisionerBase):
         if km.cache_ports and not self.ports_cached:
             lpc = LocalPortCache.instance()
             for name in PORT_NAMES:
-                setattr(km, name, lpc.find_available_port(km.ip))
+                if not getattr(km, name):  # a port the caller pinned is kept
+                    setattr(km, name, lpc.find_available_port(km.ip))
             self.ports_cached = True
         km.write_connection_file(jupyter_session=launcher_env.get("JPY_SESSION_NAME", ""))
         self.connection_info = km.get_connection_info()

@@ -38,6 +38,9 @@ def render_ipv4_rules(*, kernel_ports: Iterable[int], denied_destinations: Itera
         "*nat",
         ":AWF_OUTPUT - [0:0]",
         "-I OUTPUT 1 -j AWF_OUTPUT",
+        # Tunnels of explicit CONNECTs come back in, so their SNI is checked too.
+        f"-A AWF_OUTPUT {owner} -p tcp --dport 443 -m tos --tos {ports.CONNECT_TOS:#04x}/0xfc"
+        f" -j REDIRECT --to-ports {ports.SQUID_HTTPS_INTERCEPT}",
         f"-A AWF_OUTPUT {owner} -j RETURN",
         f"-A AWF_OUTPUT -p udp --dport 53 -j REDIRECT --to-ports {ports.RESOLVER}",
         f"-A AWF_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports {ports.RESOLVER}",

@@ -7,3 +7,6 @@ SQUID_HTTPS_INTERCEPT = 3130
 RESOLVER = 53
 PROXY_UID = 13  # Debian's `proxy` user in the proxy image: the only uid allowed out
 WEB_PORTS = (80, 443)
+# IP TOS byte Squid sets on tunnels it opens for explicit CONNECTs, so the
+# firewall can loop them back through the SNI-checking intercept port.
+CONNECT_TOS = 0x20

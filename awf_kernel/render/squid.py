@@ -56,8 +56,10 @@ def render_squid_conf(policy: Policy, *, kernel_id: str) -> str:
         "host_verify_strict on",
         "client_dst_passthru off",
         "error_directory /etc/awf-proxy/errors",
-        f"http_port 127.0.0.1:{ports.SQUID_EXPLICIT} name=explicit ssl-bump"
-        " cert=/etc/awf-proxy/cert.pem key=/etc/awf-proxy/key.pem generate-host-certificates=off",
+        # The explicit port does not bump, so a denied CONNECT gets a plain 403.
+        # Its tunnels leave with a TOS mark that the firewall redirects into the
+        # HTTPS intercept port: the SNI inside a CONNECT is checked there.
+        f"http_port 127.0.0.1:{ports.SQUID_EXPLICIT} name=explicit",
         f"http_port 127.0.0.1:{ports.SQUID_HTTP_INTERCEPT} name=http_intercept intercept",
         f"https_port 127.0.0.1:{ports.SQUID_HTTPS_INTERCEPT} name=https_intercept intercept ssl-bump"
         " cert=/etc/awf-proxy/cert.pem key=/etc/awf-proxy/key.pem generate-host-certificates=off",
@@ -68,6 +70,7 @@ def render_squid_conf(policy: Policy, *, kernel_id: str) -> str:
         "acl https_port port 443",
         "acl web_ports port " + " ".join(str(p) for p in ports.WEB_PORTS),
         "acl https_intercept myportname https_intercept",
+        "acl explicit myportname explicit",
         "acl to_linklocal dst 169.254.0.0/16",
         r"acl raw_ip dstdom_regex -n ^[0-9.]+$ ^\[ ^[0-9a-f:]+$",
         r"acl raw_ip_sni ssl::server_name_regex ^[0-9.]+$ ^\[ ^[0-9a-f:]+$",
@@ -76,6 +79,7 @@ def render_squid_conf(policy: Policy, *, kernel_id: str) -> str:
         *_acl("awf_block_sni", "ssl::server_name_regex", policy.block),
         *_acl("awf_allow_sni", "ssl::server_name_regex", policy.allow),
         "",
+        f"tcp_outgoing_tos {ports.CONNECT_TOS:#04x} explicit CONNECT",
         "http_access deny !web_ports",
         "http_access deny CONNECT !https_port",
         # Intercepted TLS arrives as a CONNECT to an IP; it is judged by SNI below.
@@ -87,6 +91,11 @@ def render_squid_conf(policy: Policy, *, kernel_id: str) -> str:
         "http_access allow all" if allow_all else "http_access allow awf_allow",
         "http_access deny all",
         f"deny_info {ERROR_PAGE} all",
+        # The denial names the host and the setting in headers too, for clients
+        # that never show a body (and for LLM agents reading responses).
+        "acl awf_denied rep_header X-Squid-Error ^ERR_AWF_DENIED",
+        'reply_header_add X-AWF-Blocked-Host "%>rd" awf_denied',
+        'reply_header_add X-AWF-Fix "add %>rd to the notebook metadata awf.allow_domains" awf_denied',
         "",
         "ssl_bump peek step1",
         "ssl_bump terminate awf_block_sni",
@@ -94,7 +103,7 @@ def render_squid_conf(policy: Policy, *, kernel_id: str) -> str:
         "ssl_bump splice all" if allow_all else "ssl_bump splice awf_allow_sni",
         "ssl_bump terminate all",
         "",
-        "logformat awf %ts.%03tu %>a %rm %#>rd %>rp %#ssl::>sni %Ss %>Hs %<st %ssl::bump_mode",
+        "logformat awf %ts.%03tu %>a %>lp %rm %#>rd %<p %#ssl::>sni %Ss %>Hs %<st %ssl::bump_mode",
         "access_log stdio:/var/log/awf/access.log awf",
         "",
     ]

@@ -9,6 +9,7 @@ is removed before the error propagates.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -20,20 +21,21 @@ from ..errors import DockerUnavailable, ImageMissing, NetworkMissing, PortClash,
 from ..render import pod as podspec
 from ..render import ports
 
-_client = None
+_clients: dict[str | None, docker.DockerClient] = {}
 
 
 def client() -> docker.DockerClient:
-    """The engine connection, made on first use (never at import)."""
-    global _client
-    if _client is None:
+    """The engine connection, made on first use (never at import), one per
+    DOCKER_HOST so a changed environment is honoured."""
+    key = os.environ.get("DOCKER_HOST")
+    if key not in _clients:
         try:
             c = docker.from_env(timeout=60)
             c.ping()
         except DockerException as exc:
             raise DockerUnavailable(str(exc)) from exc
-        _client = c
-    return _client
+        _clients[key] = c
+    return _clients[key]
 
 
 @dataclass(frozen=True)

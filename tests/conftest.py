@@ -1,0 +1,27 @@
+"""Shared test setup: integration tests need a real Docker engine.
+
+In CI (CI=true) a missing engine is a failure, never a skip: a security suite
+that silently skips proves nothing.
+"""
+
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    # Unit tests first: they fail fast and need no engine.
+    items.sort(key=lambda item: 0 if "/unit/" in str(item.fspath) else 1)
+
+
+def require_docker():
+    import docker
+
+    try:
+        docker.from_env(timeout=10).ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
+        msg = (f"Docker engine not reachable ({exc}). Start it with scripts/ensure-docker.sh "
+               "(or Docker Desktop / systemctl start docker).")
+        if os.environ.get("CI"):
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)

@@ -1,0 +1,91 @@
+"""Bad input gets a clear error naming the fix, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+from awf_kernel import naming
+from awf_kernel.errors import DockerUnavailable, ImageMissing, NetworkMissing, PolicyError, PortClash
+
+
+def _km(spec_dir, name="awf-python", **kw):
+    return KernelManager(kernel_name=name, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir)]), **kw)
+
+
+def _nothing_left(docker_client, km):
+    if km.kernel_id:
+        assert docker_client.containers.list(all=True, filters=naming.kernel_filter(km.kernel_id)) == []
+        assert docker_client.networks.list(filters=naming.kernel_filter(km.kernel_id)) == []
+    assert not os.path.exists(km.connection_file) or km.connection_file == ""
+
+
+@pytest.mark.parametrize("policy", [
+    {"allow_domains": ["*"]},
+    {"allow_domains": ["10.0.0.1"]},
+    {"allow_domains": ["allowed.test:443"]},
+    {"allow_domains": ["https://allowed.test"]},
+    {"allow_domains": ["allowed.test\nhttp_access allow all"]},
+    {"allow_domains": ".com"},
+    {"allow_domain": ["allowed.test"]},
+])
+def test_invalid_policy_is_refused(spec_dir, docker_client, policy):
+    km = _km(spec_dir)
+    with pytest.raises(PolicyError) as info:
+        km.start_kernel(env={"AWF_POLICY": json.dumps(policy)})
+    msg = str(info.value)
+    assert "AWF_POLICY" in msg
+    _nothing_left(docker_client, km)
+
+
+def test_missing_image(spec_dir, start_kernel, docker_client):
+    with pytest.raises(ImageMissing) as info:
+        start_kernel(settings={"image": "awf-kernel/does-not-exist:1"})
+    assert "awf-kernel build" in str(info.value) and "does-not-exist" in str(info.value)
+    assert docker_client.containers.list(all=True, filters={"label": [f"{naming.MANAGED}=true"]}) == []
+
+
+def test_missing_egress_network(start_kernel, docker_client):
+    with pytest.raises(NetworkMissing) as info:
+        start_kernel(settings={"egress_network": "awf-no-such-network"})
+    assert "egress_network" in str(info.value)
+
+
+def test_docker_not_running(spec_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    km = _km(spec_dir)
+    with pytest.raises(DockerUnavailable) as info:
+        km.start_kernel(env={})
+    assert "Docker" in str(info.value) and "doctor" in str(info.value)
+
+
+def test_port_clash(spec_dir, docker_client):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    km = _km(spec_dir, shell_port=port, cache_ports=False)
+    try:
+        with pytest.raises(PortClash) as info:
+            km.start_kernel(env={})
+        assert str(port) in str(info.value)
+    finally:
+        holder.close()
+    _nothing_left(docker_client, km)
+
+
+def test_argv_refuses_without_provisioner(spec_dir):
+    """A tool that ignores provisioners runs argv: it must refuse, not run a kernel."""
+    import subprocess
+
+    with open(spec_dir / "awf-python" / "kernel.json") as f:
+        argv = json.load(f)["argv"]
+    proc = subprocess.run([a.replace("{connection_file}", "/nonexistent.json") for a in argv],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "refusing" in proc.stderr and "provisioner" in proc.stderr

@@ -1,0 +1,143 @@
+"""A sandboxed kernel's life through jupyter_client: start, execute,
+interrupt, restart, shutdown, and nothing left behind afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+
+from awf_kernel import naming
+from tests.integration.conftest import ALLOW
+
+
+def _pod(docker_client, kernel_id):
+    return docker_client.containers.list(all=True, filters=naming.kernel_filter(kernel_id))
+
+
+def test_start_execute_shutdown_leaves_nothing(start_kernel, docker_client, tmp_path):
+    k = start_kernel(policy={"allow_domains": ALLOW}, cwd=str(tmp_path))
+    kid = k.kernel_id
+    roles = {c.labels[naming.ROLE] for c in _pod(docker_client, kid)}
+    assert roles == {"proxy", "kernel"}  # the firewall step is gone once it ran
+    res = k.probe("""
+        import json, os
+        open("made-by-kernel.txt", "w").write("hi")
+        print(json.dumps({"cwd": os.getcwd(), "answer": 6 * 7}))
+    """)
+    assert res == {"cwd": str(tmp_path), "answer": 42}
+    assert (tmp_path / "made-by-kernel.txt").read_text() == "hi"  # the notebook's folder, same path
+    conn_dir = k.km.provisioner.connection_dir
+    assert conn_dir and os.path.isdir(conn_dir)
+    k.shutdown()
+    assert _pod(docker_client, kid) == []
+    assert docker_client.networks.list(filters=naming.kernel_filter(kid)) == []
+    assert not os.path.exists(conn_dir)
+
+
+def test_ports_are_published_on_loopback_only(kernel, docker_client):
+    proxy = [c for c in _pod(docker_client, kernel.kernel_id) if c.labels[naming.ROLE] == "proxy"][0]
+    bindings = proxy.attrs["HostConfig"]["PortBindings"]
+    assert len(bindings) == 5
+    for spec in bindings.values():
+        assert [b["HostIp"] for b in spec] == ["127.0.0.1"]
+    published = sorted(int(b[0]["HostPort"]) for b in bindings.values())
+    ci = kernel.km.get_connection_info()
+    assert published == sorted(ci[p] for p in ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port"))
+    assert ci["ip"] == "127.0.0.1"
+
+
+def test_interrupt_a_running_sleep(kernel):
+    kernel.kc.execute("import time; time.sleep(60)")
+    time.sleep(1.5)
+    t = time.monotonic()
+    kernel.km.interrupt_kernel()
+    # the sleeping cell ends with KeyboardInterrupt well before its 60 s
+    while True:
+        msg = kernel.kc.get_iopub_msg(timeout=20)
+        if msg["msg_type"] == "error":
+            assert msg["content"]["ename"] == "KeyboardInterrupt"
+            break
+    assert time.monotonic() - t < 15
+    assert kernel.probe("import json; print(json.dumps(1 + 1))") == 2  # still alive
+
+
+def test_restart_keeps_ports_and_rereads_policy(start_kernel, docker_client, testnet, monkeypatch):
+    k = start_kernel(policy={"allow_domains": ALLOW})
+    before = k.km.get_connection_info()
+    old_ids = {c.id for c in _pod(docker_client, k.kernel_id)}
+    k.km.restart_kernel(now=False)
+    k.kc.wait_for_ready(timeout=120)
+    after = k.km.get_connection_info()
+    for p in ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port"):
+        assert before[p] == after[p]
+    new_ids = {c.id for c in _pod(docker_client, k.kernel_id)}
+    assert new_ids and not (old_ids & new_ids)  # a fresh pod
+    res = k.probe("""
+        import json, requests
+        s = requests.Session(); s.trust_env = False
+        print(json.dumps(s.get("http://allowed.test/", timeout=10).status_code))
+    """)
+    assert res == 200  # the policy survived the restart
+
+
+def test_five_kernels_at_once(spec_dir, docker_client):
+    """Concurrent starts: no fixed names, subnets or ports."""
+
+    async def one():
+        km = AsyncKernelManager(kernel_name="awf-python", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir)]))
+        await km.start_kernel(env={"AWF_POLICY": json.dumps({"allow_domains": ALLOW})})
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=180)
+            reply = await kc.execute_interactive("x = 1", timeout=60)
+            return km.kernel_id, reply["content"]["status"]
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel()
+
+    async def all_five():
+        return await asyncio.gather(*(one() for _ in range(5)))
+
+    results = asyncio.run(all_five())
+    assert [status for _, status in results] == ["ok"] * 5
+    assert len({kid for kid, _ in results}) == 5
+    for kid, _ in results:
+        assert _pod(docker_client, kid) == []
+
+
+def test_kernel_environment_is_an_allowlist(start_kernel):
+    k = start_kernel(policy={"allow_domains": ALLOW},
+                     env={"LANG": "C.UTF-8", "JUPYTERHUB_API_TOKEN": "hub-secret", "AWS_SECRET_ACCESS_KEY": "aws",
+                          "JPY_PARENT_PID": "1234", "MY_TOKEN": "x"})
+    env = k.probe("import json, os; print(json.dumps(dict(os.environ)))")
+    assert "hub-secret" not in json.dumps(env) and "aws" not in env.values()
+    assert "JUPYTERHUB_API_TOKEN" not in env and "MY_TOKEN" not in env and "JPY_PARENT_PID" not in env
+    assert env["LANG"] == "C.UTF-8"
+    assert env["HTTP_PROXY"].startswith("http://127.0.0.1:")
+
+
+def test_kernel_limits_are_applied(kernel, docker_client):
+    c = [c for c in _pod(docker_client, kernel.kernel_id) if c.labels[naming.ROLE] == "kernel"][0]
+    hc = c.attrs["HostConfig"]
+    assert hc["CapDrop"] == ["ALL"] and not hc.get("CapAdd")
+    assert "no-new-privileges" in hc["SecurityOpt"]
+    assert hc["Memory"] > 0 and hc["PidsLimit"] > 0 and hc["NanoCpus"] > 0
+    assert hc["Init"] is True and hc["Privileged"] is False
+    assert c.attrs["Config"]["User"] != "0:0"
+    res = kernel.probe("""
+        import json, os, threading, time
+        made = 0
+        try:
+            for _ in range(2000):
+                threading.Thread(target=time.sleep, args=(30,), daemon=True).start(); made += 1
+        except RuntimeError:
+            pass
+        print(json.dumps(made))
+    """, timeout=120)
+    assert res < 2000  # the pids limit stopped the fork bomb

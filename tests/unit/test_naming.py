@@ -1,0 +1,27 @@
+import pytest
+
+from awf_kernel import naming
+
+
+@pytest.mark.parametrize("kernel_id,role,name", [
+    ("0b8e0f4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", "proxy", "awf-0b8e0f4e1c2d-proxy"),
+    ("ABC", "kernel", "awf-abc-kernel"),
+    ("", "ingress", "awf-nokernel-ingress"),
+])
+def test_resource_name(kernel_id, role, name):
+    assert naming.resource_name(kernel_id, role) == name
+
+
+def test_labels_share_one_prefix():
+    labels = naming.labels("k", "proxy", "host:1")
+    assert all(k.startswith(naming.LABEL_PREFIX + ".") for k in labels)
+    assert labels[naming.KERNEL_ID] == "k" and labels[naming.MANAGED] == "true"
+
+
+def test_unknown_role_is_refused():
+    with pytest.raises(ValueError):
+        naming.labels("k", "sidecar")
+
+
+def test_filter_selects_one_kernel():
+    assert naming.kernel_filter("k") == {"label": [f"{naming.MANAGED}=true", f"{naming.KERNEL_ID}=k"]}

@@ -1,0 +1,120 @@
+"""Rendered configuration: whole outputs against golden files, plus the
+properties that make them safe (order of rules, nothing but validated hosts)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from awf_kernel.policy import Policy, parse_domains
+from awf_kernel.render import firewall, pod, resolver, squid
+
+DATA = pathlib.Path(__file__).parent.parent / "data"
+
+
+def policy(allow=(), block=(), mode="enforce"):
+    return Policy(allow=parse_domains(list(allow), "test"), block=parse_domains(list(block), "test"), mode=mode)
+
+
+def golden(name: str, text: str):
+    path = DATA / name
+    if not path.exists():  # first run writes it; review it in the diff
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def test_squid_conf_golden():
+    golden("squid.conf", squid.render_squid_conf(
+        policy(["allowed.test", "*.api.test", ".both.test"], ["bad.allowed.test"]), kernel_id="k-1"))
+
+
+def test_squid_denies_before_it_allows():
+    conf = squid.render_squid_conf(policy(["a.test"], ["b.test"]), kernel_id="k")
+    access = [l for l in conf.splitlines() if l.startswith("http_access")]
+    assert access[-1] == "http_access deny all"
+    allow_i = access.index("http_access allow awf_allow")
+    for deny in ("awf_block", "raw_ip", "!web_ports", "to_localhost", "to_linklocal"):
+        assert access.index(f"http_access deny {deny}") < allow_i
+    bump = [l for l in conf.splitlines() if l.startswith("ssl_bump")]
+    assert bump[0] == "ssl_bump peek step1" and bump[-1] == "ssl_bump terminate all"
+    assert bump.index("ssl_bump terminate awf_block_sni") < bump.index("ssl_bump splice awf_allow_sni")
+    assert "host_verify_strict on" in conf and "client_dst_passthru off" in conf
+    assert "bump " not in conf.replace("ssl_bump", "")  # nothing is ever decrypted
+
+
+def test_squid_empty_policy_still_parses_and_denies():
+    conf = squid.render_squid_conf(policy(), kernel_id="k")
+    assert "acl awf_allow dstdom_regex -n -i ^awf-empty-acl\\.invalid$" in conf
+
+
+@pytest.mark.parametrize("entry,regex", [
+    ("a.test", r"^a\.test\.?$"),
+    ("*.a.test", r"\.a\.test\.?$"),
+    (".a.test", r"(^|\.)a\.test\.?$"),
+])
+def test_host_regex(entry, regex):
+    (rule,) = parse_domains([entry], "test")
+    assert squid.host_regex(rule) == regex
+
+
+def test_firewall_golden():
+    golden("ipv4.rules", firewall.render_ipv4_rules(kernel_ports=[5001, 5002, 5003, 5004, 5005],
+                                                    denied_destinations=["172.30.0.1"]))
+    golden("ipv6.rules", firewall.render_ipv6_rules())
+
+
+def test_firewall_default_deny_is_last_and_proxy_only_leaves():
+    rules = firewall.render_ipv4_rules(kernel_ports=[1, 2, 3, 4, 5])
+    out = [l for l in rules.splitlines() if l.startswith("-A AWF_OUTPUT") and "REDIRECT" not in l and "RETURN" not in l]
+    assert out[-1] == "-A AWF_OUTPUT -j REJECT --reject-with icmp-admin-prohibited"
+    leaving = [l for l in out if "@EGRESS_IF@" in l]
+    assert leaving and all("--uid-owner 13" in l for l in leaving)
+    assert not any("DROP" in l for l in out)  # rejections fail fast
+    assert "-I OUTPUT 1 -j AWF_OUTPUT" in rules and "-F" not in rules.split()
+
+
+def test_firewall_needs_kernel_ports():
+    with pytest.raises(ValueError):
+        firewall.render_ipv4_rules(kernel_ports=[])
+
+
+def test_resolver_config():
+    cfg = json.loads(resolver.render_resolver_config(policy(["a.test", "*.b.test"], [".c.test"]),
+                                                     kernel_id="k", upstreams=["10.9.8.7"]))
+    assert cfg["allow"] == {"exact": ["a.test"], "subdomains": ["b.test"], "both": []}
+    assert cfg["block"] == {"exact": [], "subdomains": [], "both": ["c.test"]}
+    assert cfg["upstreams"] == ["10.9.8.7"] and cfg["allow_all"] is False
+
+
+def _settings(**kw):
+    base = dict(kernel_id="0123456789abcdef", proxy_image="p", kernel_image="k", kernel_cmd=("python3",),
+                kernel_ports=(1, 2, 3, 4, 5), network="net", uid=1000, gid=1000, connection_dir="/tmp/c",
+                audit_dir="/tmp/a", workdir="/home/u/nb")
+    base.update(kw)
+    return pod.PodSettings(**base)
+
+
+def test_kernel_container_is_locked_down():
+    spec = pod.kernel_create_kwargs(_settings(env={"LANG": "C"}), "proxyid")
+    assert spec["cap_drop"] == ["ALL"] and "cap_add" not in spec
+    assert spec["security_opt"] == ["no-new-privileges"] and spec["init"] is True
+    assert spec["user"] == "1000:1000" and spec["network_mode"] == "container:proxyid"
+    assert "ports" not in spec and "privileged" not in spec
+    assert {m["Target"] for m in spec["mounts"]} == {pod.CONNECTION_DIR, "/home/u/nb"}
+    assert spec["working_dir"] == "/home/u/nb"
+    assert spec["labels"]["io.awf-kernel.kernel-id"] == "0123456789abcdef"
+    assert spec["environment"]["LANG"] == "C" and "JPY_PARENT_PID" not in spec["environment"]
+
+
+def test_proxy_publishes_on_loopback_only_and_has_no_capabilities():
+    spec = pod.proxy_create_kwargs(_settings())
+    assert set(spec["ports"].values()) == {("127.0.0.1", p) for p in (1, 2, 3, 4, 5)}
+    assert spec["cap_drop"] == ["ALL"] and "cap_add" not in spec and "user" not in spec  # image USER proxy
+
+
+def test_firewall_step_holds_only_net_admin():
+    spec = pod.firewall_create_kwargs(_settings(), "proxyid", {"A": "b"})
+    assert spec["cap_drop"] == ["ALL"] and set(spec["cap_add"]) <= {"NET_ADMIN", "NET_RAW"}
+    assert spec["network_mode"] == "container:proxyid"
