@@ -1,0 +1,280 @@
+"""Egress policy: the domain grammar, notebook requests and the effective policy.
+
+Pure functions only. Every host that reaches Squid's or the resolver's
+configuration passed `parse_domain`, whose output alphabet is [a-z0-9.-]
+(plus the `*.`/`.` prefixes in its canonical text): nothing that could
+inject a directive survives it.
+
+Grammar (stricter than AWF, where `github.com` also admits subdomains):
+`example.com` exactly that host; `*.example.com` subdomains only;
+`.example.com` both.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CeilingError, PolicyError
+
+MAX_ENTRIES = 1000
+MAX_HOST = 253
+REQUEST_KEYS = ("allow_domains", "block_domains", "mode")
+MODES = ("enforce", "record")
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_SCOPES = ("exact", "subdomains", "both")
+
+
+@dataclass(frozen=True)
+class DomainRule:
+    host: str
+    scope: str = "exact"
+
+    def matches(self, host: str) -> bool:
+        name = normalize_host(host)
+        if name is None:
+            return False
+        if self.scope == "exact":
+            return name == self.host
+        sub = name.endswith("." + self.host)
+        return sub or (self.scope == "both" and name == self.host)
+
+    def __str__(self) -> str:
+        return {"exact": "", "subdomains": "*.", "both": "."}[self.scope] + self.host
+
+
+def _psl():
+    from publicsuffixlist import PublicSuffixList
+
+    global _PSL
+    if _PSL is None:
+        _PSL = PublicSuffixList(only_icann=True)
+    return _PSL
+
+
+_PSL = None
+
+
+def is_ip_literal(host: str) -> bool:
+    text = host.strip().strip("[]")
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
+    # inet_aton's forms (integer, octal, short dotted) are IPs to a socket too
+    return bool(re.fullmatch(r"(0x[0-9a-f]+|\d+)(\.(0x[0-9a-f]+|\d+)){0,3}\.?", text.lower()))
+
+
+def _idna(host: str) -> str | None:
+    if host.isascii():
+        return host.lower()
+    try:
+        return host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+
+
+def normalize_host(host: str) -> str | None:
+    """A runtime host name in canonical form, or None (IPs, invalid names)."""
+    if not isinstance(host, str) or not host or is_ip_literal(host):
+        return None
+    name = _idna(host[:-1] if host.endswith(".") else host)
+    if not name or len(name) > MAX_HOST:
+        return None
+    if all(_LABEL.match(label) for label in name.split(".")):
+        return name
+    return None
+
+
+def _why_not_host(entry: str) -> str:
+    if any(c.isspace() for c in entry):
+        return "whitespace is not allowed"
+    if "://" in entry or "/" in entry:
+        return "write the host name only, without a scheme or path"
+    if ":" in entry and not entry.startswith("["):
+        return "ports are not allowed; only ports 80 and 443 are ever reachable"
+    if "*" in entry:
+        return "'*' is allowed only as a leading '*.'"
+    return "not a host name (letters, digits, '-' and '.' only)"
+
+
+def parse_domain(entry: Any, where: str) -> DomainRule:
+    """One allow/block entry -> a rule, or a PolicyError naming the entry."""
+    if not isinstance(entry, str):
+        raise PolicyError(f"{where}: {entry!r} is not a string")
+    text = entry
+    if not text:
+        raise PolicyError(f"{where}: empty entry")
+    if text.startswith("*.*"):
+        raise PolicyError(f"{where}: {entry!r} is invalid: '*' is allowed only as a leading '*.'")
+    if text in ("*", ".", "*.") or text.startswith(("..", "*..")):
+        raise PolicyError(f"{where}: {entry!r} would allow everything; list the hosts instead")
+    if text.startswith("*."):
+        scope, host = "subdomains", text[2:]
+    elif text.startswith("."):
+        scope, host = "both", text[1:]
+    else:
+        scope, host = "exact", text
+    if is_ip_literal(host) or is_ip_literal(text):
+        raise PolicyError(f"{where}: {entry!r} is an IP address; only domain names can be allowed "
+                          "(raw IP destinations are always denied)")
+    if host.endswith("."):
+        host = host[:-1]
+    name = normalize_host(host) if host.isprintable() else None
+    if name is None or any(c in host for c in "\"'\\#;`$\x00") or host != host.strip():
+        raise PolicyError(f"{where}: {entry!r} is invalid: {_why_not_host(entry)}")
+    if "." not in name or _psl().is_public(name):
+        raise PolicyError(f"{where}: {entry!r} covers a whole top-level domain or public suffix; "
+                          "name the registered domain (e.g. example.co.uk)")
+    return DomainRule(name, scope)
+
+
+def parse_domains(entries: Any, where: str, *, allow_presets: bool = True) -> tuple[DomainRule, ...]:
+    if entries is None:
+        return ()
+    if isinstance(entries, str) or not isinstance(entries, (list, tuple)):
+        raise PolicyError(f"{where}: must be a list of domain strings, not {type(entries).__name__}")
+    if len(entries) > MAX_ENTRIES:
+        raise PolicyError(f"{where}: {len(entries)} entries; at most {MAX_ENTRIES} are allowed")
+    out: list[DomainRule] = []
+    for i, entry in enumerate(entries):
+        here = f"{where}[{i}]"
+        if allow_presets and isinstance(entry, str) and entry.startswith("@"):
+            from .presets import expand
+
+            try:
+                names = expand(entry)
+            except PolicyError as exc:
+                raise PolicyError(f"{here}: {exc.message}", hint=exc.hint) from None
+            out.extend(parse_domain(n, f"{here} ({entry})") for n in names)
+        else:
+            out.append(parse_domain(entry, here))
+    return tuple(dict.fromkeys(out))
+
+
+def covers(outer: DomainRule, inner: DomainRule) -> bool:
+    """Every host `inner` matches is also matched by `outer`."""
+    if outer.scope == "exact":
+        return inner.scope == "exact" and inner.host == outer.host
+    below = inner.host.endswith("." + outer.host)
+    if outer.scope == "subdomains":
+        return below or (inner.host == outer.host and inner.scope == "subdomains")
+    return below or inner.host == outer.host
+
+
+@dataclass(frozen=True)
+class PolicyRequest:
+    allow: tuple[DomainRule, ...] = ()
+    block: tuple[DomainRule, ...] = ()
+    mode: str | None = None
+    source: str = ""
+
+
+def parse_request(obj: Any, source: str) -> PolicyRequest:
+    """The `awf` metadata object (or AWF_POLICY's JSON) -> a request."""
+    if not isinstance(obj, dict):
+        raise PolicyError(f"{source}: must be a JSON object like "
+                          '{"allow_domains": ["example.com"]}, not ' + type(obj).__name__)
+    unknown = [k for k in obj if k not in REQUEST_KEYS]
+    if unknown:
+        raise PolicyError(f"{source}: unknown key {unknown[0]!r}; allowed keys: {', '.join(REQUEST_KEYS)}")
+    mode = obj.get("mode")
+    if mode is not None and mode not in MODES:
+        raise PolicyError(f"{source}.mode: {mode!r} is not one of {', '.join(MODES)}")
+    return PolicyRequest(
+        allow=parse_domains(obj.get("allow_domains"), f"{source}.allow_domains"),
+        block=parse_domains(obj.get("block_domains"), f"{source}.block_domains"),
+        mode=mode,
+        source=source,
+    )
+
+
+def parse_request_json(text: str, source: str) -> PolicyRequest:
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise PolicyError(f"{source}: not valid JSON ({exc})") from None
+    return parse_request(obj, source)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str  # allowed | not-allowed | blocked | raw-ip | invalid-host
+    rule: DomainRule | None = None
+
+    def explain(self, host: str) -> str:
+        if self.reason == "allowed":
+            return f"{host} is allowed by {self.rule}"
+        if self.reason == "blocked":
+            return f"{host} is blocked by the block list entry {self.rule}"
+        if self.reason == "raw-ip":
+            return f"{host} is an IP address; only names can be allowed (raw IP destinations are denied)"
+        if self.reason == "invalid-host":
+            return f"{host!r} is not a valid host name"
+        return f'{host} is not in the allowlist; add "{host}" to the notebook\'s awf.allow_domains'
+
+
+@dataclass(frozen=True)
+class Policy:
+    allow: tuple[DomainRule, ...] = ()
+    block: tuple[DomainRule, ...] = ()
+    mode: str = "enforce"
+    allow_all: bool = False  # record mode without a ceiling: everything not blocked
+    sources: tuple[str, ...] = field(default=(), compare=False)
+
+    def decide(self, host: str) -> Decision:
+        if is_ip_literal(host):
+            return Decision(False, "raw-ip")
+        name = normalize_host(host)
+        if name is None:
+            return Decision(False, "invalid-host")
+        for rule in self.block:
+            if rule.matches(name):
+                return Decision(False, "blocked", rule)
+        for rule in self.allow:
+            if rule.matches(name):
+                return Decision(True, "allowed", rule)
+        if self.allow_all:
+            return Decision(True, "allowed", None)
+        return Decision(False, "not-allowed")
+
+    def to_json(self) -> dict:
+        return {"allow_domains": [str(r) for r in self.allow],
+                "block_domains": [str(r) for r in self.block],
+                "mode": self.mode}
+
+
+def resolve_policy(*, admin_allow: tuple[DomainRule, ...] = (), admin_block: tuple[DomainRule, ...] = (),
+                   ceiling: tuple[DomainRule, ...] | None = None, request: PolicyRequest | None = None,
+                   record_allowed: bool = True) -> Policy:
+    """(admin allow ∪ (request ∩ ceiling)) minus (admin block ∪ request block).
+
+    A request outside the ceiling is an error, not a silent narrowing: a
+    notebook that quietly lost a domain would fail later and obscurely.
+    """
+    request = request or PolicyRequest()
+    for rule in request.allow:
+        if ceiling is not None and not any(covers(c, rule) for c in ceiling):
+            raise CeilingError(
+                f"{request.source or 'the notebook'} asks for '{rule}', which is outside the admin's "
+                "domain_ceiling",
+                hint=f"ask the admin to add it to AWFProvisioner.domain_ceiling, or remove '{rule}' "
+                     "from the notebook's awf.allow_domains")
+    mode = request.mode or "enforce"
+    if mode == "record" and not record_allowed:
+        raise PolicyError(f"{request.source}: record mode is disabled by the admin "
+                          "(AWFProvisioner.allow_record_mode)")
+    allow = tuple(dict.fromkeys(admin_allow + request.allow))
+    allow_all = False
+    if mode == "record":
+        # everything the admin bounds permit: the ceiling, or with no ceiling everything
+        allow = tuple(dict.fromkeys(allow + (ceiling or ())))
+        allow_all = ceiling is None
+    block = tuple(dict.fromkeys(admin_block + request.block))
+    return Policy(allow=allow, block=block, mode=mode, allow_all=allow_all,
+                  sources=(request.source,) if request.source else ())

@@ -1,0 +1,79 @@
+"""pytest plugin (entry point `pytest11: awf`): nbval runs each notebook under
+its own `metadata.awf` policy.
+
+nbval starts a kernel per notebook with no notebook identity and the
+process's environment, so before nbval's collector starts a notebook's kernel
+this plugin names the notebook in `JPY_SESSION_NAME`, exactly as Jupyter
+Server does; the provisioner then reads that notebook's `metadata.awf`. An
+`AWF_POLICY` the caller set explicitly still wins, as everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import pytest
+
+from . import policy_source
+
+KERNEL_PREFIX = "awf"
+
+
+def _is_awf_kernel(name: str | None) -> bool:
+    return bool(name) and name.startswith(KERNEL_PREFIX)
+
+
+def _nbval_file(item):
+    parent = getattr(item, "parent", None)
+    if parent is not None and type(parent).__name__ == "IPyNbFile" and hasattr(parent, "nb"):
+        return parent
+    return None
+
+
+def _wants_sandbox(nb) -> bool:
+    meta = nb.metadata if nb is not None else {}
+    return "awf" in meta or _is_awf_kernel(meta.get("kernelspec", {}).get("name"))
+
+
+def pytest_configure(config):
+    opt = config.option
+    if getattr(opt, "nbval_current_env", False) and _is_awf_kernel(getattr(opt, "nbval_kernel_name", None)):
+        raise pytest.UsageError(
+            "awf-kernel: --nbval-current-env runs notebooks in this Python process's environment, "
+            "outside the sandbox. Drop it and use --nbval-kernel-name awf-python.")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if not getattr(config.option, "nbval_current_env", False):
+        return
+    for item in items:
+        nbfile = _nbval_file(item)
+        if nbfile is not None and _wants_sandbox(nbfile.nb):
+            raise pytest.UsageError(
+                f"awf-kernel: {nbfile.fspath} declares a sandbox (metadata.awf or the awf-python kernel), "
+                "but --nbval-current-env would run it unsandboxed. Drop --nbval-current-env.")
+
+
+@contextmanager
+def _launch_env(nbfile):
+    """JPY_SESSION_NAME names this notebook, only while its kernel starts."""
+    saved = os.environ.get(policy_source.SESSION_ENV)
+    os.environ[policy_source.SESSION_ENV] = os.path.abspath(str(nbfile.fspath))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(policy_source.SESSION_ENV, None)
+        else:
+            os.environ[policy_source.SESSION_ENV] = saved
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    nbfile = _nbval_file(item)
+    if nbfile is None or getattr(nbfile, "kernel", None) is not None:
+        yield
+        return
+    with _launch_env(nbfile):
+        yield
