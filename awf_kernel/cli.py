@@ -91,6 +91,16 @@ def _gc(args) -> int:
     return 0
 
 
+def _presets(args) -> int:
+    from .presets import PRESETS
+
+    for p in PRESETS.values():
+        print(f"@{p.name}: {p.description}")
+        for d in p.domains:
+            print(f"    {d}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .kernelspec import DISPLAY_NAME, KERNEL_NAME
 
@@ -122,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
     s.add_argument("--audit-dir", help=argparse.SUPPRESS)
     s.set_defaults(func=_logs)
+
+    s = sub.add_parser("presets", help="list the named domain bundles usable as @name in allow_domains")
+    s.set_defaults(func=_presets)
 
     s = sub.add_parser("gc", help="remove sandbox resources left by dead kernels")
     s.add_argument("--all", action="store_true", help="remove every awf-kernel pod, running or not")
