@@ -75,11 +75,19 @@ def records(audit_dir: str, kernel_id: str | None = None) -> Iterator[dict]:
         yield from read_kernel(folder)
 
 
+def display_host(rec: dict) -> str:
+    """The name a record is about: the SNI when Squid only saw an address."""
+    host, sni = rec.get("host"), rec.get("sni")
+    if sni and (not host or host.replace(".", "").isdigit()):
+        return sni
+    return host or sni or "?"
+
+
 def format_record(rec: dict) -> str:
     import time as _time
 
     when = _time.strftime("%H:%M:%S", _time.localtime(rec.get("time", 0)))
-    host = rec.get("host") or rec.get("sni") or "?"
+    host = display_host(rec)
     port = f":{rec['port']}" if rec.get("port") else ""
     what = rec.get("method") or f"DNS {rec.get('qtype', '')}"
     return f"{when} {rec.get('kernel_id', '')[:8]} {rec.get('decision', '?'):7} {rec.get('kind', ''):5} {what} {host}{port}"

@@ -146,7 +146,9 @@ class AWFProvisioner(KernelProvisionerBase):
         km.write_connection_file(jupyter_session=launcher_env.get("JPY_SESSION_NAME", ""))
         self.connection_info = km.get_connection_info()
 
-        self._launch = {"egress": egress, "env": self._kernel_env(launcher_env), "workdir": self._workdir(cwd)}
+        workdir = self._workdir(cwd)
+        self._launch = {"egress": egress, "env": self._kernel_env(launcher_env), "workdir": workdir,
+                        "protected": self._protected_files(launcher_env, workdir)}
         return {**kwargs, "cmd": list(self.kernel_cmd)}
 
     def resolve_policy(self, launcher_env: dict[str, str]) -> Policy:
@@ -187,8 +189,17 @@ class AWFProvisioner(KernelProvisionerBase):
                                     hint="set AWFProvisioner.kernel_uid to an ordinary user id")
         return uid, gid
 
+    def _protected_files(self, launcher_env: dict[str, str], workdir: str | None) -> tuple[podspec.Mount, ...]:
+        """The notebook file itself is mounted read-only over the writable folder:
+        otherwise code in the kernel could edit its own `metadata.awf` and widen
+        its policy at the next restart."""
+        path = policy_source.notebook_path(launcher_env.get(policy_source.SESSION_ENV, ""), self._root_dir())
+        if not path or not workdir or os.path.commonpath([workdir, path]) != workdir:
+            return ()
+        return (podspec.Mount(path, path, read_only=True),)
+
     def _mounts(self) -> tuple[podspec.Mount, ...]:
-        out = []
+        out = list(self._launch.get("protected", ()))
         for spec in self.extra_mounts:
             parts = spec.split(":")
             if len(parts) not in (2, 3) or not parts[0] or not parts[1] or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
