@@ -182,8 +182,15 @@ class AWFProvisioner(KernelProvisionerBase):
         return path
 
     def _ids(self) -> tuple[int, int]:
-        uid = self.kernel_uid if self.kernel_uid is not None else (os.getuid() or 1000)
-        gid = self.kernel_gid if self.kernel_gid is not None else (os.getgid() if os.getuid() else uid)
+        """The kernel's uid/gid: the setting, else the server's user, else (the
+        server runs as root) the owner of the notebook's folder, else 1000."""
+        uid, gid = os.getuid(), os.getgid()
+        workdir = self._launch.get("workdir")
+        if uid == 0:
+            st = os.stat(workdir) if workdir else None
+            uid, gid = (st.st_uid, st.st_gid) if st and st.st_uid != 0 else (1000, 1000)
+        uid = self.kernel_uid if self.kernel_uid is not None else uid
+        gid = self.kernel_gid if self.kernel_gid is not None else gid
         if uid in (0, ports.PROXY_UID):
             raise SandboxStartError(f"kernel_uid {uid} is not allowed (root or the proxy's uid)",
                                     hint="set AWFProvisioner.kernel_uid to an ordinary user id")
@@ -272,7 +279,11 @@ class AWFProvisioner(KernelProvisionerBase):
             self.pod = await self._docker(sandbox.create_pod, settings, egress, files, firewall_env,
                                           self.startup_timeout)
         except BaseException:
+            # A failed start leaves nothing behind: not our folder, not the
+            # manager's connection file, not the reserved ports.
             self._remove_connection_dir()
+            self.parent.cleanup_connection_file()
+            self._return_ports()
             raise
         return self.connection_info
 
@@ -307,7 +318,11 @@ class AWFProvisioner(KernelProvisionerBase):
         await self._docker(sandbox.remove_pod, self.kernel_id)
         self.pod = None
         self._remove_connection_dir()
-        if self.ports_cached and not restart:
+        if not restart:
+            self._return_ports()
+
+    def _return_ports(self) -> None:
+        if self.ports_cached:
             lpc = LocalPortCache.instance()
             for name in PORT_NAMES:
                 lpc.return_port(int(self.connection_info[name]))

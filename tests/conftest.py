@@ -14,6 +14,10 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: 0 if "/unit/" in str(item.fspath) else 1)
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
 def require_docker():
     import docker
 
@@ -22,6 +26,6 @@ def require_docker():
     except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
         msg = (f"Docker engine not reachable ({exc}). Start it with scripts/ensure-docker.sh "
                "(or Docker Desktop / systemctl start docker).")
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(msg, pytrace=False)
         pytest.skip(msg)

@@ -90,9 +90,9 @@ class Kernel:
                 out["error"] = f"{c['ename']}: {c['evalue']}"
         return out
 
-    def probe(self, code: str, timeout: float = 60):
-        """Run code whose last stdout line is JSON; return it parsed."""
-        res = self.run(code, timeout)
+    def probe(self, *parts: str, timeout: float = 60):
+        """Run code (parts dedented one by one) whose last stdout line is JSON; return it parsed."""
+        res = self.run("\n".join(textwrap.dedent(p) for p in parts), timeout)
         assert res["error"] is None, res["error"] + res["stderr"]
         return json.loads(res["stdout"].strip().splitlines()[-1])
 

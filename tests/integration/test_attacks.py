@@ -110,7 +110,7 @@ def test_direct_ip_connections_on_any_port_are_refused(kernel, testnet):
     allowed = testnet.ips["allowed.test"]
     targets = [(canary, p) for p in (21, 22, 25, 53, 80, 443, 853, 2375, 3128, 5353, 8080, 8443, 9999, 50000)]
     targets += [(allowed, 8080), (allowed, 8443)]
-    res = kernel.probe(TCP + f"""
+    res = kernel.probe(TCP, f"""
         out = {{f"{{h}}:{{p}}": tcp(h, p, b"GET / HTTP/1.0\\r\\nHost: allowed.test\\r\\n\\r\\n") for h, p in {targets!r}}}
         print(json.dumps(out))
     """, timeout=120)
@@ -145,7 +145,7 @@ def test_udp_and_quic_never_leave(kernel, testnet):
 def test_ipv6_has_no_way_out(kernel, testnet):
     mark = testnet.mark()
     canary = testnet.ips["canary.test"]
-    res = kernel.probe(TCP + f"""
+    res = kernel.probe(TCP, f"""
         out = {{}}
         for addr in ("::ffff:{canary}", "fd00::1", "2001:db8::1"):
             s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM); s.settimeout(3)
@@ -212,7 +212,7 @@ def test_dns_exfiltration_through_the_pod_resolver(kernel, testnet):
 
 def test_tcp_dns_is_not_a_way_around(kernel, testnet):
     mark = testnet.mark()
-    res = kernel.probe(TCP + f"""
+    res = kernel.probe(TCP, f"""
         print(json.dumps(tcp("{testnet.dns_ip}", 53, b"\\x00\\x1d" + b"\\x12\\x34\\x01\\x00\\x00\\x01" + b"\\x00" * 6)))
     """)
     assert "connected:" not in res or len(res) <= len("connected:") + 40
@@ -226,7 +226,7 @@ def test_host_header_spoofing(kernel, testnet):
     """Allowed Host header, but addressed to the canary / to the blocked server."""
     mark = testnet.mark()
     canary, blocked = testnet.ips["canary.test"], testnet.ips["blocked.test"]
-    res = kernel.probe(TCP + f"""
+    res = kernel.probe(TCP, f"""
         req = b"GET /spoof HTTP/1.1\\r\\nHost: allowed.test\\r\\nConnection: close\\r\\n\\r\\n"
         print(json.dumps({{"canary": tcp("{canary}", 80, req), "blocked": tcp("{blocked}", 80, req)}}))
     """)
@@ -239,7 +239,7 @@ def test_host_header_spoofing(kernel, testnet):
 def test_host_header_of_blocked_name_to_allowed_address(kernel, testnet):
     mark = testnet.mark()
     allowed = testnet.ips["allowed.test"]
-    res = kernel.probe(TCP + f"""
+    res = kernel.probe(TCP, f"""
         req = b"GET /x HTTP/1.1\\r\\nHost: blocked.test\\r\\nConnection: close\\r\\n\\r\\n"
         print(json.dumps(tcp("{allowed}", 80, req)))
     """)
@@ -268,7 +268,7 @@ def test_sni_spoofing(kernel, testnet):
     """An allowed SNI sent to another address, and a blocked SNI sent to the allowed address."""
     mark = testnet.mark()
     canary, allowed, blocked = (testnet.ips[n] for n in ("canary.test", "allowed.test", "blocked.test"))
-    res = kernel.probe(SNI + f"""
+    res = kernel.probe(SNI, f"""
         print(json.dumps({{
             "allowed-sni-to-canary": tls("{canary}", "allowed.test"),
             "allowed-sni-to-blocked": tls("{blocked}", "allowed.test"),
@@ -307,7 +307,7 @@ def test_sni_and_connect_must_agree(kernel, testnet):
 
 def test_connect_to_other_ports(kernel, testnet):
     mark = testnet.mark()
-    res = kernel.probe(TCP + """
+    res = kernel.probe(TCP, """
         out = {}
         for target in ("allowed.test:8443", "allowed.test:22", "canary.test:443", "allowed.test:80"):
             out[target] = tcp("127.0.0.1", 3128, f"CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n".encode())
@@ -320,7 +320,7 @@ def test_connect_to_other_ports(kernel, testnet):
 
 
 def test_proxy_management_interface_unreachable(kernel):
-    res = kernel.probe(TCP + """
+    res = kernel.probe(TCP, """
         out = {}
         for path in ("/squid-internal-mgr/menu", "/squid-internal-mgr/info", "/squid-internal-mgr/config"):
             out[path] = tcp("127.0.0.1", 3128, f"GET http://127.0.0.1:3128{path} HTTP/1.0\\r\\n\\r\\n".encode())
@@ -349,7 +349,7 @@ def test_kernel_holds_no_capability_and_no_root(kernel):
 def test_kernel_cannot_change_the_firewall_or_routes(kernel, testnet):
     mark = testnet.mark()
     canary = testnet.ips["canary.test"]
-    res = kernel.probe(TCP + f"""
+    res = kernel.probe(TCP, f"""
         import os, subprocess, shutil
         out = {{}}
         try:
@@ -411,7 +411,7 @@ def test_docker_host_unreachable(kernel, testnet):
     t = threading.Thread(target=accept, daemon=True)
     t.start()
     try:
-        res = kernel.probe(TCP + f"""
+        res = kernel.probe(TCP, f"""
             import ipaddress
             gws = {{"{testnet.gateway}"}}
             for line in open("/proc/net/fib_trie").read().split():
@@ -443,7 +443,7 @@ def test_second_kernels_pod_unreachable(start_kernel, testnet, docker_client):
     ips_b = [n["IPAddress"] for n in proxy_b.attrs["NetworkSettings"]["Networks"].values() if n["IPAddress"]]
     ports_b = [b.km.connection_info[p] if hasattr(b.km, "connection_info") else None for p in ("shell_port",)]
     ports_b = [b.km.shell_port, b.km.hb_port, b.km.control_port, 3128, 53]
-    res = a.probe(TCP + f"""
+    res = a.probe(TCP, f"""
         print(json.dumps({{f"{{ip}}:{{p}}": tcp(ip, p) for ip in {ips_b!r} for p in {ports_b!r}}}))
     """, timeout=120)
     for target, result in res.items():

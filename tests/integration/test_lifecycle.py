@@ -20,6 +20,7 @@ def _pod(docker_client, kernel_id):
 
 
 def test_start_execute_shutdown_leaves_nothing(start_kernel, docker_client, tmp_path):
+    os.chown(tmp_path, 1234, 1234) if os.getuid() == 0 else None  # a user's folder, as root runs CI
     k = start_kernel(policy={"allow_domains": ALLOW}, cwd=str(tmp_path))
     kid = k.kernel_id
     roles = {c.labels[naming.ROLE] for c in _pod(docker_client, kid)}
@@ -30,7 +31,9 @@ def test_start_execute_shutdown_leaves_nothing(start_kernel, docker_client, tmp_
         print(json.dumps({"cwd": os.getcwd(), "answer": 6 * 7}))
     """)
     assert res == {"cwd": str(tmp_path), "answer": 42}
-    assert (tmp_path / "made-by-kernel.txt").read_text() == "hi"  # the notebook's folder, same path
+    made = tmp_path / "made-by-kernel.txt"
+    assert made.read_text() == "hi"  # the notebook's folder, same path
+    assert made.stat().st_uid == (1234 if os.getuid() == 0 else os.getuid())  # as the folder's owner
     conn_dir = k.km.provisioner.connection_dir
     assert conn_dir and os.path.isdir(conn_dir)
     k.shutdown()
@@ -52,7 +55,7 @@ def test_ports_are_published_on_loopback_only(kernel, docker_client):
 
 
 def test_interrupt_a_running_sleep(kernel):
-    kernel.kc.execute("import time; time.sleep(60)")
+    msg_id = kernel.kc.execute("import time; time.sleep(60)")
     time.sleep(1.5)
     t = time.monotonic()
     kernel.km.interrupt_kernel()
@@ -63,6 +66,9 @@ def test_interrupt_a_running_sleep(kernel):
             assert msg["content"]["ename"] == "KeyboardInterrupt"
             break
     assert time.monotonic() - t < 15
+    reply = kernel.kc.get_shell_msg(timeout=20)
+    assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] == "error"
+    time.sleep(0.5)  # ipykernel aborts requests that arrive while it unwinds the interrupted cell
     assert kernel.probe("import json; print(json.dumps(1 + 1))") == 2  # still alive
 
 
