@@ -45,7 +45,7 @@ def build(names=None, out=sys.stderr) -> dict[str, str]:
     built = {}
     for name in names or IMAGES:
         tag = IMAGES[name]
-        with as_file(files("awf_kernel.containers") / name) as context:
+        with as_file(files("awf_kernel") / "containers" / name) as context:
             print(f"[awf-build] building {tag} from {context}", file=out, flush=True)
             try:
                 stream = client().api.build(path=str(context), tag=tag, rm=True, decode=True,

@@ -1,1 +1,0 @@
-"""Build contexts of the sandbox images (one folder per image); see awf_kernel.images."""
