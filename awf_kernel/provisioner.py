@@ -19,6 +19,7 @@ import signal
 import socket
 import string
 import tempfile
+import time
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
@@ -34,6 +35,7 @@ from .render.resolver import render_resolver_config
 from .render.squid import render_squid_conf
 from .sandbox import docker as sandbox
 
+ADDONS_DIR = pathlib.Path(__file__).parent / "kernel_side"
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
 # Host directories that must never be shared into a kernel as its working
 # directory: mounting them would hand the kernel the Docker socket or the host.
@@ -99,7 +101,17 @@ class AWFProvisioner(KernelProvisionerBase):
         Names (fnmatch patterns) of the launcher's environment variables passed
         to the kernel. Nothing else of the server's environment (tokens!)
         reaches the kernel. The kernel spec's `env` is always passed.""")
-    audit_dir = Unicode(config=True, help="Folder where each kernel's egress audit log is kept.")
+    audit_dir = Unicode(config=True, help="""
+        Folder where each kernel's egress audit trail is kept (one subfolder per
+        kernel id, kept after the kernel ends; `awf-kernel logs` reads it).""")
+    cell_notices = Bool(True, config=True, help="""
+        After each cell, show the hosts the sandbox denied during it and the
+        metadata line that would allow them (an IPython extension mounted
+        read-only into the kernel; works with any image that has ipykernel).""")
+    allow_record_mode = Bool(True, config=True, help="""
+        Whether a notebook may ask for record mode (`"awf": {"mode": "record"}`),
+        which lets through everything the admin bounds permit and logs it.
+        Only the launcher or the notebook file can ask, never the kernel.""")
     startup_timeout = Float(60.0, config=True, help="Seconds the pod's firewall step may take.")
 
     @default("audit_dir")
@@ -109,6 +121,7 @@ class AWFProvisioner(KernelProvisionerBase):
     # --- state -------------------------------------------------------------------
     pod: sandbox.Pod | None = None
     policy: Policy | None = None
+    _ceiling = None
     ports_cached = False
     connection_dir: str | None = None
     _launch: dict[str, Any] = {}
@@ -148,17 +161,23 @@ class AWFProvisioner(KernelProvisionerBase):
 
         workdir = self._workdir(cwd)
         self._launch = {"egress": egress, "env": self._kernel_env(launcher_env), "workdir": workdir,
-                        "protected": self._protected_files(launcher_env, workdir)}
-        return {**kwargs, "cmd": list(self.kernel_cmd)}
+                        "protected": self._protected_files(launcher_env, workdir),
+                        "notebook": policy_source.notebook_path(launcher_env.get(policy_source.SESSION_ENV, ""),
+                                                                self._root_dir())}
+        cmd = list(self.kernel_cmd)
+        if self.cell_notices:
+            cmd.append("--IPKernelApp.extra_extensions=awf_notice")
+        return {**kwargs, "cmd": cmd}
 
     def resolve_policy(self, launcher_env: dict[str, str]) -> Policy:
         request = policy_source.load_request(launcher_env, root_dir=self._root_dir(), log=self.log)
         ceiling = None if self.domain_ceiling is None else parse_domains(
             self.domain_ceiling, "AWFProvisioner.domain_ceiling")
+        self._ceiling = ceiling
         return resolve_policy(
             admin_allow=parse_domains(self.allow_domains, "AWFProvisioner.allow_domains"),
             admin_block=parse_domains(self.block_domains, "AWFProvisioner.block_domains"),
-            ceiling=ceiling, request=request)
+            ceiling=ceiling, request=request, record_allowed=self.allow_record_mode)
 
     def _root_dir(self) -> str | None:
         mkm = getattr(self.parent, "parent", None)
@@ -232,11 +251,21 @@ class AWFProvisioner(KernelProvisionerBase):
         return d
 
     def _audit_dir_for_kernel(self) -> str:
+        """The kernel's audit folder, with the effective policy the trail is read against."""
         base = pathlib.Path(self.audit_dir)
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
         d = base / self.kernel_id
         d.mkdir(exist_ok=True)
         os.chmod(d, 0o777)  # written by the proxy's uid 13; the parent (0700) keeps others out
+        meta = {
+            "kernel_id": self.kernel_id,
+            "notebook": self._launch.get("notebook"),
+            "started": time.time(),
+            "policy": {**self.policy.to_json(), "allow_all": self.policy.allow_all},
+            "ceiling": None if self._ceiling is None else [str(r) for r in self._ceiling],
+        }
+        (d / "policy.json").write_text(json.dumps(meta, indent=1))
+        os.chmod(d / "policy.json", 0o644)
         return str(d)
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
@@ -262,6 +291,7 @@ class AWFProvisioner(KernelProvisionerBase):
             cpu_limit=self.cpu_limit or None,
             pids_limit=self.pids_limit or None,
             server=f"{socket.gethostname()}:{os.getpid()}",
+            addons_dir=str(ADDONS_DIR) if self.cell_notices else None,
         )
         files = {
             "squid.conf": render_squid_conf(self.policy, kernel_id=self.kernel_id).encode(),

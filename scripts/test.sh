@@ -31,7 +31,7 @@ main() {
   local rc=0
   python3 -m pytest "$@" || rc=$?
   log "checking for leftover sandbox resources"
-  python3 -m awf_kernel.cli gc --dry-run | tee /tmp/awf-gc-dry-run.txt
+  awf-kernel gc --dry-run
   left=$(docker ps -aq --filter label=io.awf-kernel.managed=true | wc -l)
   nets=$(docker network ls -q --filter label=io.awf-kernel.managed=true | wc -l)
   tleft=$(docker ps -aq --filter label=awf-kernel.test=true | wc -l)

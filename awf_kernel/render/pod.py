@@ -19,6 +19,8 @@ from . import ports
 CONNECTION_DIR = "/awf/connection"
 CONNECTION_FILE = f"{CONNECTION_DIR}/kernel.json"
 AUDIT_DIR_IN_PROXY = "/var/log/awf"
+AUDIT_DIR_IN_KERNEL = "/awf/audit"   # read-only: the kernel reads its own pod's denials
+ADDONS_DIR_IN_KERNEL = "/awf/lib"    # read-only: the per-cell notice extension
 PROXY_URL = f"http://127.0.0.1:{ports.SQUID_EXPLICIT}"
 
 
@@ -51,6 +53,7 @@ class PodSettings:
     cpu_limit: float | None = 1.0
     pids_limit: int | None = 512
     server: str = ""
+    addons_dir: str | None = None     # host dir holding awf_notice.py; None = no cell notices
 
 
 def _limits(s: PodSettings) -> dict:
@@ -117,12 +120,17 @@ def kernel_env(s: PodSettings) -> dict[str, str]:
         "NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1",
         "AWF_SANDBOX": "1",
         "AWF_KERNEL_ID": s.kernel_id,
+        "AWF_AUDIT_DIR": AUDIT_DIR_IN_KERNEL,
     })
+    if s.addons_dir:
+        env["PYTHONPATH"] = ADDONS_DIR_IN_KERNEL + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
 def kernel_create_kwargs(s: PodSettings, proxy_id: str) -> dict:
-    mounts = [Mount(s.connection_dir, CONNECTION_DIR)]
+    mounts = [Mount(s.connection_dir, CONNECTION_DIR), Mount(s.audit_dir, AUDIT_DIR_IN_KERNEL, read_only=True)]
+    if s.addons_dir:
+        mounts.append(Mount(s.addons_dir, ADDONS_DIR_IN_KERNEL, read_only=True))
     if s.workdir:
         mounts.append(Mount(s.workdir, s.workdir))
     mounts.extend(s.mounts)

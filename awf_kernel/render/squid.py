@@ -33,6 +33,28 @@ def _acl(name: str, kind: str, rules: tuple[DomainRule, ...]) -> list[str]:
     return [f"acl {name} {kind} -i {v}" for v in values]
 
 
+# One JSON object per line. Every value that a client can influence goes
+# through Squid's URL encoding (%#), whose output cannot break out of a JSON
+# string; awf_kernel.audit decodes it.
+ACCESS_LOG = "/var/log/awf/access.jsonl"
+LOG_FIELDS = {
+    "time": "%ts.%03tu", "client": "%>a", "squid_port": "%>lp", "method": "%#rm",
+    "host": "%#>rd", "url": "%#>ru", "server_port": "%<p", "sni": "%#ssl::>sni",
+    "squid_status": "%Ss", "status": "%>Hs", "bytes": "%st", "bump": "%ssl::bump_mode",
+}
+
+
+def render_logformat(kernel_id: str) -> str:
+    fields = [f'"kind":"proxy"', f'"kernel_id":"{_json_safe(kernel_id)}"']
+    fields += [f'"{k}":"{v}"' for k, v in LOG_FIELDS.items()]
+    return "{" + ",".join(fields) + "}"
+
+
+def _json_safe(text: str) -> str:
+    """Constant text inside a logformat: no JSON or Squid metacharacters survive."""
+    return "".join(c for c in text if c.isalnum() or c in "-_.")
+
+
 def render_squid_conf(policy: Policy, *, kernel_id: str) -> str:
     """The whole squid.conf. Order of http_access lines is the security policy:
     block lists and raw IPs are denied before anything is allowed."""
@@ -42,7 +64,7 @@ def render_squid_conf(policy: Policy, *, kernel_id: str) -> str:
         "visible_hostname awf-proxy",
         "pid_filename /run/awf/squid.pid",
         "cache_log stdio:/dev/stderr",
-        "logfile_rotate 0",
+        "logfile_rotate 5",
         "cache deny all",
         "cache_mem 4 MB",
         "pinger_enable off",
@@ -103,8 +125,10 @@ def render_squid_conf(policy: Policy, *, kernel_id: str) -> str:
         "ssl_bump splice all" if allow_all else "ssl_bump splice awf_allow_sni",
         "ssl_bump terminate all",
         "",
-        "logformat awf %ts.%03tu %>a %>lp %rm %#>rd %<p %#ssl::>sni %Ss %>Hs %<st %ssl::bump_mode",
-        "access_log stdio:/var/log/awf/access.log awf",
+        "buffered_logs off",
+        "umask 022",  # the kernel reads its own pod's log (read-only mount) for cell notices
+        f"logformat awf {render_logformat(kernel_id)}",
+        f"access_log stdio:{ACCESS_LOG} awf",
         "",
     ]
     return "\n".join(lines)

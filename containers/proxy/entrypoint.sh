@@ -19,6 +19,15 @@ start_resolver() {
   python3 /usr/local/lib/awf/resolver.py "$CONF_DIR/resolver.json" &
 }
 
+rotate_access_log() {
+  # Squid keeps 5 rotated copies (logfile_rotate 5); ask it to rotate at 10 MB.
+  while sleep 30; do
+    if [[ $(stat -c %s /var/log/awf/access.jsonl 2>/dev/null || echo 0) -gt 10485760 ]]; then
+      squid -k rotate -f "$CONF_DIR/squid.conf" || log "log rotation failed"
+    fi
+  done
+}
+
 run_squid() {
   squid -k parse -f "$CONF_DIR/squid.conf" 2>/tmp/squid-parse.log || {
     cat /tmp/squid-parse.log >&2; log "squid.conf does not parse"; exit 65; }
@@ -29,6 +38,7 @@ run_squid() {
 main() {
   check_config
   start_resolver
+  rotate_access_log &
   run_squid
 }
 

@@ -11,6 +11,7 @@ file runs inside the proxy container, where the package is not installed.
 """
 
 import json
+import os
 import socket
 import socketserver
 import struct
@@ -18,6 +19,8 @@ import sys
 import threading
 import time
 
+ROTATE_BYTES = 10 * 1024 * 1024
+KEEP_ROTATED = 5
 NXDOMAIN = 3
 REFUSED = 5
 FORMERR = 1
@@ -96,7 +99,8 @@ class Resolver:
         self.config = config
         self.upstreams = config.get("upstreams") or read_resolv_conf()
         self.log_lock = threading.Lock()
-        self.log_file = open(config["log"], "a", buffering=1) if config.get("log") else None
+        self.log_path = config.get("log")
+        self.log_file = open(self.log_path, "a", buffering=1) if self.log_path else None
 
     def answer(self, packet, client):
         question = parse_question(packet)
@@ -143,6 +147,17 @@ class Resolver:
         }
         with self.log_lock:
             self.log_file.write(json.dumps(entry, sort_keys=True) + "\n")
+            if self.log_file.tell() > ROTATE_BYTES:
+                self.rotate()
+
+    def rotate(self):
+        """dns.jsonl -> .1 -> ... -> .5: the trail stays bounded on the host."""
+        self.log_file.close()
+        for i in range(KEEP_ROTATED, 0, -1):
+            src = self.log_path if i == 1 else f"{self.log_path}.{i - 1}"
+            if os.path.exists(src):
+                os.replace(src, f"{self.log_path}.{i}")
+        self.log_file = open(self.log_path, "a", buffering=1)
 
 
 def read_resolv_conf(path="/etc/resolv.conf"):

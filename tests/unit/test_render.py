@@ -102,7 +102,8 @@ def test_kernel_container_is_locked_down():
     assert spec["security_opt"] == ["no-new-privileges"] and spec["init"] is True
     assert spec["user"] == "1000:1000" and spec["network_mode"] == "container:proxyid"
     assert "ports" not in spec and "privileged" not in spec
-    assert {m["Target"] for m in spec["mounts"]} == {pod.CONNECTION_DIR, "/home/u/nb"}
+    assert {m["Target"]: m["ReadOnly"] for m in spec["mounts"]} == {
+        pod.CONNECTION_DIR: False, "/home/u/nb": False, pod.AUDIT_DIR_IN_KERNEL: True}
     assert spec["working_dir"] == "/home/u/nb"
     assert spec["labels"]["io.awf-kernel.kernel-id"] == "0123456789abcdef"
     assert spec["environment"]["LANG"] == "C" and "JPY_PARENT_PID" not in spec["environment"]
