@@ -58,26 +58,42 @@ def _logs(args) -> int:
     from . import audit
 
     audit_dir = _audit_dir(args)
-    kid = args.kernel_id
-    if kid is None:
-        folders = audit.kernels(audit_dir)
-        if not folders:
-            print(f"no audit logs in {audit_dir}", file=sys.stderr)
-            return 1
-        kid = folders[-1].name  # the most recent kernel
+    folder = audit.find_kernel(audit_dir, args.kernel_id)
+    if folder is None:
+        which = f"kernel {args.kernel_id}" if args.kernel_id else "any kernel"
+        raise AWFError(f"no audit trail for {which} in {audit_dir}",
+                       hint="start a kernel first; `ls` that folder lists the kernel ids")
+    recs = audit.read_kernel(folder)
+    if args.summary:
+        s = audit.summary(recs)
+        print(json.dumps(s, indent=1) if args.json else audit.format_summary(s))
+        return 0
 
-    def emit(recs):
-        for r in recs:
+    def emit(batch):
+        for r in batch:
             print(json.dumps(r, sort_keys=True) if args.json else audit.format_record(r), flush=True)
 
-    seen = list(audit.records(audit_dir, kid))
-    emit(seen)
+    emit(recs)
     while args.follow:
         time.sleep(0.5)
-        now = list(audit.records(audit_dir, kid))
-        emit(now[len(seen):])
-        seen = now
+        now = audit.read_kernel(folder)
+        emit(now[len(recs):])
+        recs = now
     return 0
+
+
+def _check(args) -> int:
+    from .check import check
+
+    decision, text = check(args.notebook, args.target, kernel_name=args.kernel_name)
+    print(text)
+    return 0 if decision else 1
+
+
+def _record(args) -> int:
+    from .record import record
+
+    return record(args.notebook, kernel_name=args.kernel_name, write=not args.dry_run, timeout=args.timeout)
 
 
 def _gc(args) -> int:
@@ -130,8 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("kernel_id", nargs="?", help="kernel id or prefix (default: the latest kernel)")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
+    s.add_argument("--summary", action="store_true", help="per-host counts and a paste-ready allow_domains")
     s.add_argument("--audit-dir", help=argparse.SUPPRESS)
     s.set_defaults(func=_logs)
+
+    s = sub.add_parser("check", help="would this notebook's kernel be allowed to reach HOST[:PORT]? (exit 1: denied)")
+    s.add_argument("notebook")
+    s.add_argument("target", metavar="HOST[:PORT]")
+    s.add_argument("--kernel-name", default=KERNEL_NAME, help="kernel spec whose admin settings apply")
+    s.set_defaults(func=_check)
+
+    s = sub.add_parser("record", help="run a notebook once in record mode and write the allowlist it used")
+    s.add_argument("notebook")
+    s.add_argument("--kernel-name", default=KERNEL_NAME)
+    s.add_argument("--dry-run", action="store_true", help="show the change without writing the notebook")
+    s.add_argument("--timeout", type=float, default=600, help="seconds per cell")
+    s.set_defaults(func=_record)
 
     s = sub.add_parser("presets", help="list the named domain bundles usable as @name in allow_domains")
     s.set_defaults(func=_presets)

@@ -11,11 +11,12 @@ Server does; the provisioner then reads that notebook's `metadata.awf`. An
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 
 import pytest
 
-from . import policy_source
+from . import audit, policy_source
 
 KERNEL_PREFIX = "awf"
 
@@ -34,6 +35,12 @@ def _nbval_file(item):
 def _wants_sandbox(nb) -> bool:
     meta = nb.metadata if nb is not None else {}
     return "awf" in meta or _is_awf_kernel(meta.get("kernelspec", {}).get("name"))
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("awf-kernel")
+    group.addoption("--awf-fail-on-denied", action="store_true", default=False,
+                    help="fail a notebook cell whose run was denied egress to any host (egress drift)")
 
 
 def pytest_configure(config):
@@ -77,3 +84,31 @@ def pytest_runtest_setup(item):
         return
     with _launch_env(nbfile):
         yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    item._awf_started = time.time()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if call.when != "call" or not item.config.getoption("awf_fail_on_denied"):
+        return
+    report = outcome.get_result()
+    nbfile = _nbval_file(item)
+    km = getattr(getattr(nbfile, "kernel", None), "km", None)
+    prov = getattr(km, "provisioner", None)
+    if report.failed or prov is None or not hasattr(prov, "audit_dir"):
+        return
+    time.sleep(0.1)  # the proxy writes a denied transaction's line as it closes
+    started = getattr(item, "_awf_started", 0) - 0.5
+    denied = sorted({(audit.display_host(r), r["reason"]) for r in audit.records(prov.audit_dir, km.kernel_id)
+                     if r["decision"] == "denied" and r["time"] >= started})
+    if denied:
+        report.outcome = "failed"
+        report.longrepr = ("awf-kernel: this cell was denied egress (the notebook needs more than it declares):\n"
+                           + "\n".join(f"  {host}: {reason}" for host, reason in denied)
+                           + "\nDeclare them in the notebook's metadata.awf.allow_domains, or remove the calls.")
