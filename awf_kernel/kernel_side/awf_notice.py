@@ -24,6 +24,7 @@ WEB_PORTS = (80, 443)
 
 _direct: list[tuple[str, int, str]] = []
 _lock = threading.Lock()
+_activity = threading.Event()  # set by any IP connect/sendto in this process during a cell
 
 
 def _matches(rule: str, host: str) -> bool:
@@ -65,6 +66,16 @@ class Notice:
                 self.offsets[name] = 0
         with _lock:
             _direct.clear()
+        _activity.clear()
+
+    def _grew(self) -> bool:
+        for name, start in self.offsets.items():
+            try:
+                if os.path.getsize(self._path(name)) != start:
+                    return True
+            except OSError:
+                continue
+        return False
 
     def _new_lines(self, name: str) -> list[dict]:
         try:
@@ -143,6 +154,8 @@ class Notice:
 
     # --- showing it ------------------------------------------------------------------
     def show(self, *_args) -> None:
+        if not (_activity.is_set() or self._grew()):
+            return  # no network use in this cell (the common case): cost nothing
         time.sleep(0.05)  # Squid writes a denied transaction's line as it closes
         found = self.denials()
         if not found:
@@ -186,6 +199,8 @@ def _patch_socket() -> None:
     original_sendto = socket.socket.sendto
 
     def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            _activity.set()
         try:
             return original_connect(self, address)
         except (ConnectionRefusedError, ConnectionResetError, PermissionError):
@@ -193,12 +208,16 @@ def _patch_socket() -> None:
             raise
 
     def connect_ex(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            _activity.set()
         code = original_connect_ex(self, address)
         if code:
             _note(address, "tcp")
         return code
 
     def sendto(self, data, *args):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            _activity.set()
         try:
             return original_sendto(self, data, *args)
         except PermissionError:
