@@ -9,12 +9,7 @@ cd "$(dirname "$0")/.."
 log() { echo "[awf-quickstart] $*" >&2; }
 
 main() {
-  bash scripts/ensure-docker.sh
-  log "pip install ."
-  python3 -m pip install -q --disable-pip-version-check ".[test]"
-  log "awf-kernel build"
-  awf-kernel build 2>&1 | grep -E "^\[awf-build\] |Successfully|^built" || true
-  awf-kernel install --user
+  bash scripts/setup.sh 2>&1 | grep -v "^\[awf-build [a-z]*\]  --->" >&2
   log "running notebooks/demo.ipynb in the sandbox"
   python3 scripts/demo.py notebooks/demo.ipynb
 }

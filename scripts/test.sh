@@ -7,15 +7,6 @@ cd "$(dirname "$0")/.."
 
 log() { echo "[awf-test] $*" >&2; }
 
-setup() {
-  bash scripts/ensure-docker.sh
-  log "pip install .[test]"
-  python3 -m pip install -q --disable-pip-version-check ".[test]"
-  log "awf-kernel build"
-  awf-kernel build
-  awf-kernel install --user
-}
-
 safety_net() {
   # Belt and braces while tests run: nothing from a user-defined bridge may be
   # forwarded off this machine. The sandbox must hold without it; the tests'
@@ -26,7 +17,7 @@ safety_net() {
 }
 
 main() {
-  setup
+  bash scripts/setup.sh
   safety_net
   local rc=0
   python3 -m pytest "$@" || rc=$?
