@@ -38,6 +38,8 @@ def show_outputs(nb) -> None:
                 print(out.text.rstrip())
             elif out.output_type == "error":
                 print(f"{out.ename}: {out.evalue}")
+            elif out.output_type == "display_data" and "text/plain" in out.data:
+                print(out.data["text/plain"])  # e.g. the sandbox's notice of what it blocked
 
 
 def summary(kernel_id: str) -> None:
