@@ -450,3 +450,43 @@ def test_second_kernels_pod_unreachable(start_kernel, testnet, docker_client):
         assert result.startswith("error:"), (target, result)
     # B still works and saw nothing odd: its heartbeat answers
     assert b.km.is_alive()
+
+
+def test_kernel_cannot_read_the_proxy_or_other_kernels(start_kernel, docker_client):
+    from tests.integration.conftest import ALLOW
+
+    a = start_kernel(policy={"allow_domains": ALLOW})
+    b = start_kernel(policy={"allow_domains": ALLOW})
+    res = a.probe(f"""
+        import json, os, glob
+        procs = [open(f"/proc/{{p}}/cmdline").read() for p in os.listdir("/proc") if p.isdigit()]
+        print(json.dumps({{
+            "squid_conf": os.path.exists("/etc/awf/squid.conf"),
+            "proxy_key": os.path.exists("/etc/awf-proxy/key.pem"),
+            "squid_procs": [p for p in procs if "squid" in p or "resolver" in p],
+            "connection_files": sorted(glob.glob("/awf/connection/*")),
+            "other_kernel": glob.glob("/**/*{b.kernel_id}*", recursive=False),
+            "audit_writable": os.access("/awf/audit", os.W_OK),
+        }}))
+    """)
+    assert res["squid_conf"] is False and res["proxy_key"] is False
+    assert res["squid_procs"] == []  # its own PID namespace: the proxy is invisible
+    assert res["connection_files"] == ["/awf/connection/kernel.json"]
+    assert res["other_kernel"] == []
+    assert res["audit_writable"] is False
+    key_b = b.km.session.key.decode()
+    own = a.probe("import json; print(json.dumps(open('/awf/connection/kernel.json').read()))")
+    assert key_b not in own
+
+
+def test_proxy_runs_unprivileged(kernel, docker_client):
+    from awf_kernel import naming
+
+    proxy = docker_client.containers.list(filters={"label": [f"{naming.KERNEL_ID}={kernel.kernel_id}",
+                                                             f"{naming.ROLE}=proxy"]})[0]
+    hc = proxy.attrs["HostConfig"]
+    assert hc["CapDrop"] == ["ALL"] and not hc.get("CapAdd") and "no-new-privileges" in hc["SecurityOpt"]
+    top = proxy.top(ps_args="-o pid,user,args")
+    users = {row[1] for row in top["Processes"] if "squid" in row[2] or "resolver" in row[2]}
+    assert users == {"proxy"}, top
+    assert not hc.get("Binds") or all("docker.sock" not in b for b in hc["Binds"])

@@ -91,3 +91,31 @@ def test_audit_trail_outlives_the_kernel(start_kernel, testnet):
     assert all(r["reason"] == "not-allowed" for r in denied)
     summary = audit.summary(recs)
     assert summary["denied"]["blocked.test"] >= 1 and "blocked.test" in summary["allow_domains"]
+
+
+USER_IMAGE = "awf-kernel-test/user-image:1"
+USER_DOCKERFILE = b"""FROM debian:bookworm-slim
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-ipykernel \\
+ && rm -rf /var/lib/apt/lists/*
+"""
+
+
+def test_notice_works_in_any_image_with_ipykernel(start_kernel, docker_client):
+    """A user's image with nothing but ipykernel: no package of ours installed in it."""
+    import io
+
+    docker_client.images.build(fileobj=io.BytesIO(USER_DOCKERFILE), tag=USER_IMAGE, rm=True,
+                               labels={"awf-kernel.test": "true"})
+    k = start_kernel(policy={"allow_domains": ALLOW}, settings={"image": USER_IMAGE})
+    res = k.run("""
+        import urllib.request
+        try:
+            urllib.request.urlopen("http://blocked.test/", timeout=5)
+        except Exception as e:
+            print(type(e).__name__)
+        import importlib.util
+        print(importlib.util.find_spec("requests") is None)
+    """)
+    assert res["stdout"].split() == ["HTTPError", "True"]  # 403 through the proxy; no requests installed
+    data = _notice(res)
+    assert data is not None and data[MIME]["denials"][0]["host"] == "blocked.test"
