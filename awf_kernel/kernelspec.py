@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from traitlets import List, TraitError
 
 from .errors import AWFError
+from .policy import parse_domains
 
 KERNEL_NAME = "awf-python"
 DISPLAY_NAME = "Python (AWF sandboxed)"
@@ -47,7 +49,21 @@ def parse_setting(assignment: str) -> tuple[str, object]:
         value = trait.validate(AWFProvisioner(), value)
     except TraitError as exc:
         raise SettingError(f"--set {assignment!r}: {exc}", hint=f"see `awf-kernel install --help` for {name}") from None
+    _check_meaning(name, value)
     return name, value
+
+
+def _check_meaning(name: str, value) -> None:
+    """Refuse now what would otherwise only fail at every kernel start."""
+    if name in ("allow_domains", "block_domains", "domain_ceiling") and value is not None:
+        parse_domains(value, f"--set {name}")
+    if name == "dns_servers":
+        for server in value:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise SettingError(f"--set dns_servers: {server!r} is not an IP address",
+                                   hint="give resolver addresses, e.g. dns_servers=10.0.0.2,10.0.0.3") from None
 
 
 def make_spec(display_name: str = DISPLAY_NAME, settings: dict | None = None) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import ipaddress
 import json
 import os
 import pathlib
@@ -25,7 +26,7 @@ from typing import Any
 from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
 from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_core.paths import jupyter_data_dir
-from traitlets import Bool, Float, Int, List, Unicode, default
+from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
 
 from . import __version__, policy_source
 from .errors import SandboxStartError
@@ -113,6 +114,15 @@ class AWFProvisioner(KernelProvisionerBase):
         which lets through everything the admin bounds permit and logs it.
         Only the launcher or the notebook file can ask, never the kernel.""")
     startup_timeout = Float(60.0, config=True, help="Seconds the pod's firewall step may take.")
+
+    @validate("dns_servers")
+    def _valid_dns_servers(self, proposal):
+        for server in proposal["value"]:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise TraitError(f"dns_servers: {server!r} is not an IP address") from None
+        return proposal["value"]
 
     @default("audit_dir")
     def _audit_dir_default(self) -> str:
