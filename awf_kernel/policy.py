@@ -24,7 +24,13 @@ MAX_ENTRIES = 1000
 MAX_HOST = 253
 REQUEST_KEYS = ("allow_domains", "block_domains", "mode")
 MODES = ("enforce", "record")
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # fullmatch: "$" would admit "\n"
+# A last label like this makes URL parsers (WHATWG, browsers) read the whole
+# name as an IPv4 address, so such a "name" is never a DNS name.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
+# IDNA 2003 (Python's codec) maps these away ("ß" -> "ss") where IDNA 2008
+# (browsers, requests) keeps them: the two would name different domains.
+_IDNA_DEVIATIONS = frozenset("\u00df\u03c2\u200c\u200d")
 _SCOPES = ("exact", "subdomains", "both")
 
 
@@ -59,6 +65,8 @@ _PSL = None
 
 
 def is_ip_literal(host: str) -> bool:
+    if not isinstance(host, str):
+        return False
     text = host.strip().strip("[]")
     try:
         ipaddress.ip_address(text)
@@ -66,40 +74,56 @@ def is_ip_literal(host: str) -> bool:
     except ValueError:
         pass
     # inet_aton's forms (integer, octal, short dotted) are IPs to a socket too
-    return bool(re.fullmatch(r"(0x[0-9a-f]+|\d+)(\.(0x[0-9a-f]+|\d+)){0,3}\.?", text.lower()))
+    return bool(re.fullmatch(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}\.?", text.lower()))
 
 
 def _idna(host: str) -> str | None:
     if host.isascii():
         return host.lower()
+    if _IDNA_DEVIATIONS.intersection(host):
+        return None
     try:
         return host.encode("idna").decode("ascii").lower()
     except UnicodeError:
         return None
 
 
+def _canonical(host: str) -> str | None:
+    """The host grammar itself; callers have already removed one trailing dot."""
+    name = _idna(host)
+    if not name or len(name) > MAX_HOST:
+        return None
+    labels = name.split(".")
+    if _NUMERIC_LABEL.fullmatch(labels[-1]) or not all(_LABEL.fullmatch(label) for label in labels):
+        return None
+    return name
+
+
 def normalize_host(host: str) -> str | None:
     """A runtime host name in canonical form, or None (IPs, invalid names)."""
     if not isinstance(host, str) or not host or is_ip_literal(host):
         return None
-    name = _idna(host[:-1] if host.endswith(".") else host)
-    if not name or len(name) > MAX_HOST:
-        return None
-    if all(_LABEL.match(label) for label in name.split(".")):
-        return name
-    return None
+    return _canonical(host[:-1] if host.endswith(".") else host)
 
 
 def _why_not_host(entry: str) -> str:
+    body = entry[2:] if entry.startswith("*.") else entry[1:] if entry.startswith(".") else entry
     if any(c.isspace() for c in entry):
         return "whitespace is not allowed"
     if "://" in entry or "/" in entry:
         return "write the host name only, without a scheme or path"
     if ":" in entry and not entry.startswith("["):
         return "ports are not allowed; only ports 80 and 443 are ever reachable"
-    if "*" in entry:
+    if ".." in body or body.startswith("."):
+        return "empty label ('..')"
+    if "*" in body:
         return "'*' is allowed only as a leading '*.'"
-    return "not a host name (letters, digits, '-' and '.' only)"
+    if _IDNA_DEVIATIONS.intersection(entry):
+        return ("'\u00df', '\u03c2' and zero-width joiners are read differently by IDNA 2003 and 2008; "
+                "write the xn-- form")
+    if _NUMERIC_LABEL.fullmatch(body.rstrip(".").rsplit(".", 1)[-1].lower()):
+        return "a numeric last label makes URL parsers read it as an IP address"
+    return "letters, digits, '-' and '.' only; labels 1-63 characters, not starting or ending with '-'"
 
 
 def parse_domain(entry: Any, where: str) -> DomainRule:
@@ -109,9 +133,7 @@ def parse_domain(entry: Any, where: str) -> DomainRule:
     text = entry
     if not text:
         raise PolicyError(f"{where}: empty entry")
-    if text.startswith("*.*"):
-        raise PolicyError(f"{where}: {entry!r} is invalid: '*' is allowed only as a leading '*.'")
-    if text in ("*", ".", "*.") or text.startswith(("..", "*..")):
+    if text in ("*", ".", "*."):
         raise PolicyError(f"{where}: {entry!r} would allow everything; list the hosts instead")
     if text.startswith("*."):
         scope, host = "subdomains", text[2:]
@@ -124,9 +146,9 @@ def parse_domain(entry: Any, where: str) -> DomainRule:
                           "(raw IP destinations are always denied)")
     if host.endswith("."):
         host = host[:-1]
-    name = normalize_host(host) if host.isprintable() else None
+    name = _canonical(host) if host.isprintable() else None
     if name is None or any(c in host for c in "\"'\\#;`$\x00") or host != host.strip():
-        raise PolicyError(f"{where}: {entry!r} is invalid: {_why_not_host(entry)}")
+        raise PolicyError(f"{where}: {entry!r} is not a host name ({_why_not_host(entry)})")
     if "." not in name or _psl().is_public(name):
         raise PolicyError(f"{where}: {entry!r} covers a whole top-level domain or public suffix; "
                           "name the registered domain (e.g. example.co.uk)")
@@ -208,15 +230,18 @@ class Decision:
     rule: DomainRule | None = None
 
     def explain(self, host: str) -> str:
+        """One line a user can act on; a hostile host name cannot add lines."""
+        name = normalize_host(host)
+        shown = host if isinstance(host, str) and host.isprintable() else repr(host)
         if self.reason == "allowed":
-            return f"{host} is allowed by {self.rule}"
+            return f"{shown} is allowed by {self.rule or 'record mode'}"
         if self.reason == "blocked":
-            return f"{host} is blocked by the block list entry {self.rule}"
+            return f"{shown} is blocked by the block list entry {self.rule}"
         if self.reason == "raw-ip":
-            return f"{host} is an IP address; only names can be allowed (raw IP destinations are denied)"
+            return f"{shown} is an IP address; only names can be allowed (raw IP destinations are denied)"
         if self.reason == "invalid-host":
             return f"{host!r} is not a valid host name"
-        return f'{host} is not in the allowlist; add "{host}" to the notebook\'s awf.allow_domains'
+        return f'{shown} is not in the allowlist; add "{name or shown}" to the notebook\'s awf.allow_domains'
 
 
 @dataclass(frozen=True)
@@ -228,6 +253,7 @@ class Policy:
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     def decide(self, host: str) -> Decision:
+        """Deny wins: a block rule beats any allow rule, whoever set either."""
         if is_ip_literal(host):
             return Decision(False, "raw-ip")
         name = normalize_host(host)

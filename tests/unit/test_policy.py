@@ -25,6 +25,9 @@ from awf_kernel.render.squid import render_squid_conf
     ("*.githubusercontent.com", DomainRule("githubusercontent.com", "subdomains")),  # private PSL section is fine
     ("a-b.c0.example.co.uk", DomainRule("a-b.c0.example.co.uk", "exact")),
     ("allowed.test", DomainRule("allowed.test", "exact")),
+    ("*.a.example.com.", DomainRule("a.example.com", "subdomains")),
+    ("123.com", DomainRule("123.com", "exact")), ("0x.example.com", DomainRule("0x.example.com", "exact")),
+    ("xn--zca.de", DomainRule("xn--zca.de", "exact")),
 ])
 def test_valid_entries(entry, rule):
     assert parse_domain(entry, "x") == rule
@@ -43,6 +46,10 @@ def test_valid_entries(entry, rule):
     ('ex"ample.com', "not a host"), ("ex'ample.com", "not a host"), ("ex\\ample.com", "not a host"),
     ("ex#ample.com", "not a host"), ("ex;ample.com", "not a host"), ("ex\x00ample.com", "not a host"),
     ("a" * 64 + ".com", "not a host"), (("a" * 60 + ".") * 5 + "com", "not a host"),
+    ("a.com..", "empty label"), ("*..a.com", "empty label"), ("..com", "not a host"), ("..", "not a host"),
+    ("foo.0x10", "IP address"), ("1.2.3.4.5", "IP address"), ("foo.123", "IP address"),
+    ("ß.de", "xn--"), ("a\u200db.com", "xn--"), ("exa\u00admple.com", "not a host"),
+    ("*.test", "public suffix"), ("*.uk", "public suffix"), ("[a.com]", "not a host"), ("a_b.com", "not a host"),
 ])
 def test_invalid_entries_name_the_entry(entry, why):
     with pytest.raises(PolicyError) as info:
@@ -51,6 +58,14 @@ def test_invalid_entries_name_the_entry(entry, why):
     assert "awf.allow_domains[3]" in msg
     assert repr(entry) in msg or entry == ""
     assert why.lower() in msg.lower()
+
+
+def test_error_message_reads_like_the_contract():
+    with pytest.raises(PolicyError) as info:
+        parse_domains(["a.com", "b.com", "foo bar"], "notebook metadata awf.allow_domains")
+    assert info.value.message == ("notebook metadata awf.allow_domains[2]: 'foo bar' is not a host name "
+                                  "(whitespace is not allowed)")
+    assert str(info.value).endswith("\nHint: " + info.value.hint)
 
 
 @pytest.mark.parametrize("value", [None, 3, ["x.com"], {"a": 1}])
@@ -105,7 +120,46 @@ def test_ceiling_error_names_domain_and_setting():
     request = PolicyRequest(allow=rules("evil.com"), source="notebook /x.ipynb metadata awf")
     with pytest.raises(CeilingError) as info:
         resolve_policy(ceiling=rules(".example.org"), request=request)
-    assert "evil.com" in str(info.value) and "domain_ceiling" in str(info.value)
+    assert isinstance(info.value, PolicyError)
+    assert "'evil.com'" in info.value.message and "domain_ceiling" in info.value.message
+    assert "/x.ipynb" in info.value.message and "AWFProvisioner.domain_ceiling" in info.value.hint
+
+
+def test_ceiling_is_checked_per_rule_not_narrowed():
+    ceiling = rules("*.example.org")
+    ok = resolve_policy(ceiling=ceiling, request=PolicyRequest(allow=rules("a.example.org", "*.b.example.org")))
+    assert ok.decide("x.b.example.org").allowed and not ok.decide("example.org").allowed
+    with pytest.raises(CeilingError, match="'.example.org'"):  # the apex is outside "*.example.org"
+        resolve_policy(ceiling=ceiling, request=PolicyRequest(allow=rules(".example.org")))
+
+
+def test_admin_allow_is_present_whatever_the_request_and_ceiling():
+    policy = resolve_policy(admin_allow=rules("admin.org"), ceiling=(), request=PolicyRequest(source="nb"))
+    assert policy.decide("admin.org").allowed and policy.mode == "enforce"
+
+
+def test_notebook_block_beats_admin_allow():
+    policy = resolve_policy(admin_allow=rules(".admin.org"), request=PolicyRequest(block=rules("x.admin.org")))
+    assert policy.decide("admin.org").allowed
+    decision = policy.decide("X.admin.org.")
+    assert (decision.allowed, decision.reason, str(decision.rule)) == (False, "blocked", "x.admin.org")
+
+
+@pytest.mark.parametrize("host,reason", [
+    ("10.0.0.1", "raw-ip"), ("[::1]", "raw-ip"), ("0x7f.1", "raw-ip"), ("fe80::1%eth0", "raw-ip"),
+    ("a b", "invalid-host"), ("", "invalid-host"), (None, "invalid-host"), ("a.com..", "invalid-host"),
+    ("foo.0x10", "invalid-host"), ("ß.de", "invalid-host"), ("nope.org", "not-allowed"),
+])
+def test_decide_reasons(host, reason):
+    policy = Policy(allow=rules("ok.org"))
+    assert policy.decide(host).reason == reason and not policy.decide(host).allowed
+
+
+def test_explain_tells_the_fix():
+    policy = Policy(allow=rules("ok.org"))
+    assert policy.decide("Blocked.Test.").explain("Blocked.Test.") == (
+        'Blocked.Test. is not in the allowlist; add "blocked.test" to the notebook\'s awf.allow_domains')
+    assert policy.decide("ok.org").explain("ok.org") == "ok.org is allowed by ok.org"
 
 
 def test_empty_ceiling_forbids_requests_and_none_allows_all():
@@ -162,7 +216,26 @@ def test_policy_json_roundtrip():
 
 # --- property-based ---------------------------------------------------------------------------------
 
-SAFE = re.compile(r"^(\*\.|\.)?[a-z0-9.-]+$")
+RENDERED = re.compile(r"[a-z0-9.*-]+")
+ascii_labels = st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", fullmatch=True)
+idn_labels = st.sampled_from(["bücher", "пример", "例え", "Ünïcödé", "ﬁsh", "Kelvin", "δοκιμή"])
+entries = st.builds(
+    lambda prefix, labels, parent, dot: prefix + ".".join(labels) + "." + parent + dot,
+    st.sampled_from(["", "*.", "."]), st.lists(st.one_of(ascii_labels, idn_labels), min_size=1, max_size=4),
+    st.sampled_from(["com", "org", "test", "co.uk", "Example.NET"]), st.sampled_from(["", "."]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(entries)
+def test_well_formed_entries_are_accepted_render_safely_and_round_trip(entry):
+    rule = parse_domain(entry, "gen")
+    assert RENDERED.fullmatch(str(rule)) and len(rule.host) <= 253
+    assert parse_domain(str(rule), "again") == rule
+    base = entry.lstrip("*.").rstrip(".")
+    assert rule.matches(base) is (rule.scope != "subdomains")
+    assert rule.matches("www." + base) is (rule.scope != "exact")
+
+SAFE = re.compile(r"(\*\.|\.)?[a-z0-9.-]+")
 
 
 @settings(max_examples=500, deadline=None)
@@ -172,7 +245,7 @@ def test_any_text_is_refused_or_becomes_a_safe_rule(text):
         rule = parse_domain(text, "fuzz")
     except PolicyError:
         return
-    assert SAFE.match(str(rule)), rule
+    assert SAFE.fullmatch(str(rule)), rule
     assert parse_domain(str(rule), "again") == rule
 
 
@@ -216,6 +289,67 @@ def test_rendered_configs_contain_only_validated_hosts(entries, probe):
         assert bool(rx.search(probe)) == rule.matches(probe)
 
 
-def test_normalize_host():
-    assert normalize_host("WWW.Example.com.") == "www.example.com"
-    assert normalize_host("10.0.0.1") is None and normalize_host("a b") is None and normalize_host("") is None
+@pytest.mark.parametrize("host,expected", [
+    ("WWW.Example.com.", "www.example.com"), ("bücher.de", "xn--bcher-kva.de"), ("10.0.0.1", None), ("a b", None),
+    ("", None), (None, None), ("a.com\n", None), ("a.com.\n", None), ("a.com..", None), ("foo.0x10", None),
+    ("ß.de", None), ("[a.com]", None),
+])
+def test_normalize_host(host, expected):
+    assert normalize_host(host) == expected
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.text(alphabet="aZ.0x-\n\r \t:[]ß。", max_size=20)))
+def test_normalize_host_yields_only_safe_names(host):
+    name = normalize_host(host)
+    assert name is None or (re.fullmatch(r"[a-z0-9.-]+", name) and normalize_host(name) == name)
+
+
+def _ref_matches(pattern: str, host: str) -> bool:
+    """Label-by-label reference for the grammar, independent of the implementation."""
+    scope = "subdomains" if pattern.startswith("*.") else "both" if pattern.startswith(".") else "exact"
+    want = pattern.lstrip("*.").split(".")
+    got = host.lower().removesuffix(".").split(".")
+    if got[-len(want):] != want or len(got) < len(want):
+        return False
+    extra = len(got) - len(want)
+    return {"exact": extra == 0, "subdomains": extra > 0, "both": True}[scope]
+
+
+small_labels = st.sampled_from(["a", "b", "ab", "a-b", "0a"])
+small_hosts = st.lists(small_labels, min_size=0, max_size=3).map(lambda ls: ".".join(ls + ["test"]))
+small_hosts = small_hosts.filter(lambda h: h != "test")
+patterns = st.tuples(st.sampled_from(["", "*.", "."]), small_hosts).map("".join)
+runtime_hosts = st.tuples(st.lists(small_labels, max_size=4), st.sampled_from(["test", "com"]),
+                          st.booleans(), st.booleans()).map(
+    lambda t: ".".join(t[0] + [t[1]]).upper() * t[2] + ".".join(t[0] + [t[1]]) * (not t[2]) + "." * t[3])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(patterns, runtime_hosts)
+def test_matching_agrees_with_a_reference(pattern, host):
+    assert parse_domain(pattern, "p").matches(host) is _ref_matches(pattern, host)
+
+
+def _witnesses(rule: DomainRule) -> list[str]:
+    """Hosts that together exhibit everything `rule` matches ("q0q" is outside small_labels)."""
+    return ([rule.host] if rule.scope != "subdomains" else []) + (
+        ["q0q." + rule.host] if rule.scope != "exact" else [])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(patterns, patterns, runtime_hosts)
+def test_covers_is_sound_and_complete(outer_text, inner_text, probe):
+    outer, inner = parse_domain(outer_text, "o"), parse_domain(inner_text, "i")
+    assert covers(outer, inner) is all(outer.matches(w) for w in _witnesses(inner))
+    if covers(outer, inner) and inner.matches(probe):
+        assert outer.matches(probe)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=40), runtime_hosts, st.just("fe80::1%\nx")))
+def test_decisions_explain_in_one_line(host):
+    for policy in (Policy(), Policy(allow=rules("a.test")), Policy(block=rules(".a.test"), allow_all=True)):
+        decision = policy.decide(host)
+        assert decision.reason in ("allowed", "not-allowed", "blocked", "raw-ip", "invalid-host")
+        assert len(decision.explain(host).splitlines()) == 1
