@@ -42,7 +42,7 @@ def start(name: str, ksm, env) -> tuple[KernelManager, object, float]:
     kc = km.client()
     kc.start_channels()
     kc.wait_for_ready(timeout=120)
-    kc.execute_interactive("1", timeout=60)
+    kc.execute_interactive("1", timeout=60, output_hook=lambda m: None)
     return km, kc, time.perf_counter() - t
 
 
@@ -57,7 +57,7 @@ def round_trip(kc, n: int = 50) -> float:
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        kc.execute_interactive("x = 1", timeout=30)
+        kc.execute_interactive("x = 1", timeout=30, output_hook=lambda m: None)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
