@@ -112,12 +112,23 @@ def render_squid_conf(policy: Policy, *, kernel_id: str) -> str:
         "http_access deny to_linklocal",
         "http_access allow all" if allow_all else "http_access allow awf_allow",
         "http_access deny all",
+        # Squid picks the page by the last ACL of the matching deny line.
+        "deny_info ERR_AWF_BLOCKED awf_block",
+        *(f"deny_info ERR_AWF_ADDRESS {acl}" for acl in ("web_ports", "https_port", "raw_ip", "to_localhost",
+                                                          "to_linklocal")),
         f"deny_info {ERROR_PAGE} all",
-        # The denial names the host and the setting in headers too, for clients
-        # that never show a body (and for LLM agents reading responses).
-        "acl awf_denied rep_header X-Squid-Error ^ERR_AWF_DENIED",
-        'reply_header_add X-AWF-Blocked-Host "%>rd" awf_denied',
-        'reply_header_add X-AWF-Fix "add %>rd to the notebook metadata awf.allow_domains" awf_denied',
+        # The denial names the host and the fix in headers too, for clients that
+        # never show a body (and for LLM agents reading responses).
+        "acl awf_error rep_header X-Squid-Error ^ERR_AWF_",
+        "acl awf_not_allowed rep_header X-Squid-Error ^ERR_AWF_DENIED",
+        "acl awf_blocked rep_header X-Squid-Error ^ERR_AWF_BLOCKED",
+        "acl awf_address rep_header X-Squid-Error ^ERR_AWF_ADDRESS",
+        'reply_header_add X-AWF-Blocked-Host "%>rd" awf_error',
+        'reply_header_add X-AWF-Fix "add %>rd to the notebook metadata awf.allow_domains" awf_not_allowed',
+        'reply_header_add X-AWF-Fix "%>rd matches a block list entry (notebook awf.block_domains or the admin\'s'
+        ' block_domains); remove it there" awf_blocked',
+        'reply_header_add X-AWF-Fix "only allowed host names on ports 80 and 443 are reachable; use a name from'
+        ' the notebook metadata awf.allow_domains" awf_address',
         "",
         "ssl_bump peek step1",
         "ssl_bump terminate awf_block_sni",
