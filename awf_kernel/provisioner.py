@@ -134,7 +134,7 @@ class AWFProvisioner(KernelProvisionerBase):
     _ceiling = None
     ports_cached = False
     connection_dir: str | None = None
-    _launch: dict[str, Any] = {}
+    _launch: dict[str, Any]  # set by pre_launch for launch_kernel
 
     @property
     def has_process(self) -> bool:
@@ -149,7 +149,7 @@ class AWFProvisioner(KernelProvisionerBase):
         restart: re-reads the policy, so edited metadata applies on restart.
         Does not call super(): the base starts from the server's environment."""
         km = self.parent
-        launcher_env = dict(kwargs.pop("env", None) or os.environ)
+        launcher_env = dict(kwargs.pop("env", os.environ))  # what the launcher gave, even if empty
         kwargs.pop("transport_encryption", None)
         kwargs.pop("extra_arguments", None)
         cwd = kwargs.pop("cwd", None)
