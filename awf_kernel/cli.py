@@ -47,11 +47,19 @@ def _doctor(args) -> int:
 
 
 def _audit_dir(args) -> str:
+    """Where the kernel spec's provisioner (with the server's config) keeps the trail."""
     if args.audit_dir:
         return args.audit_dir
-    from .provisioner import AWFProvisioner
+    from jupyter_client.kernelspec import NoSuchKernel
 
-    return AWFProvisioner().audit_dir
+    from .check import provisioner_for
+
+    try:
+        return provisioner_for(args.kernel_name).audit_dir
+    except NoSuchKernel:
+        from .provisioner import AWFProvisioner
+
+        return AWFProvisioner().audit_dir
 
 
 def _logs(args) -> int:
@@ -147,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
     s.add_argument("--summary", action="store_true", help="per-host counts and a paste-ready allow_domains")
-    s.add_argument("--audit-dir", help=argparse.SUPPRESS)
+    s.add_argument("--kernel-name", default=KERNEL_NAME, help="kernel spec whose audit_dir setting applies")
+    s.add_argument("--audit-dir", help="read this folder instead of the kernel spec's audit_dir")
     s.set_defaults(func=_logs)
 
     s = sub.add_parser("check", help="would this notebook's kernel be allowed to reach HOST[:PORT]? (exit 1: denied)")

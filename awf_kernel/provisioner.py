@@ -322,6 +322,7 @@ class AWFProvisioner(KernelProvisionerBase):
             # A failed start leaves nothing behind: not our folder, not the
             # manager's connection file, not the reserved ports.
             self._remove_connection_dir()
+            self._discard_empty_audit_dir()
             self.parent.cleanup_connection_file()
             self._return_ports()
             raise
@@ -367,6 +368,13 @@ class AWFProvisioner(KernelProvisionerBase):
             for name in PORT_NAMES:
                 lpc.return_port(int(self.connection_info[name]))
             self.ports_cached = False
+
+    def _discard_empty_audit_dir(self) -> None:
+        """A pod that never ran a kernel leaves no audit folder (it only holds
+        the policy and empty logs)."""
+        d = pathlib.Path(self.audit_dir) / self.kernel_id
+        if d.is_dir() and all(p.name == "policy.json" or p.stat().st_size == 0 for p in d.iterdir()):
+            shutil.rmtree(d, ignore_errors=True)
 
     def _remove_connection_dir(self) -> None:
         if self.connection_dir:

@@ -7,13 +7,15 @@ cd "$(dirname "$0")/.."
 
 log() { echo "[awf-test] $*" >&2; }
 
+SAFETY_NET=(DOCKER-USER -i br-+ ! -o br-+ -m comment --comment awf-kernel-test-safety-net -j DROP)
+
 safety_net() {
   # Belt and braces while tests run: nothing from a user-defined bridge may be
   # forwarded off this machine. The sandbox must hold without it; the tests'
-  # canary, not this rule, is what detects a leak.
-  if ! iptables -C DOCKER-USER -i br-+ ! -o br-+ -m comment --comment awf-kernel-test-safety-net -j DROP 2>/dev/null; then
-    iptables -I DOCKER-USER -i br-+ ! -o br-+ -m comment --comment awf-kernel-test-safety-net -j DROP
-  fi
+  # canary, not this rule, is what detects a leak. Removed again on exit, so a
+  # developer's other Docker networks work as before.
+  iptables -C "${SAFETY_NET[@]}" 2>/dev/null || iptables -I "${SAFETY_NET[@]}"
+  trap 'iptables -D "${SAFETY_NET[@]}" 2>/dev/null || true' EXIT
 }
 
 main() {

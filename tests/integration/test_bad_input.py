@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import socket
 
 import pytest
@@ -19,7 +20,10 @@ def _km(spec_dir, name="awf-python", **kw):
 
 
 def _nothing_left(docker_client, km):
+    from awf_kernel.provisioner import AWFProvisioner
+
     if km.kernel_id:
+        assert not (pathlib.Path(AWFProvisioner().audit_dir) / km.kernel_id).exists()
         assert docker_client.containers.list(all=True, filters=naming.kernel_filter(km.kernel_id)) == []
         assert docker_client.networks.list(filters=naming.kernel_filter(km.kernel_id)) == []
     assert not os.path.exists(km.connection_file) or km.connection_file == ""
