@@ -147,3 +147,30 @@ def test_kernel_limits_are_applied(kernel, docker_client):
         print(json.dumps(made))
     """, timeout=120)
     assert res < 2000  # the pids limit stopped the fork bomb
+
+
+def test_default_bridge_egress_path(start_kernel, docker_client, testnet):
+    """The real users' default: the proxy on Docker's `bridge` network publishes
+    the ports itself (no private ingress network). Nothing is allowed, so no
+    query or connection can leave; the pod must still start, run and refuse."""
+    k = start_kernel(policy={}, settings={"egress_network": "bridge", "dns_servers": [testnet.dns_ip]})
+    pod = _pod(docker_client, k.kernel_id)
+    proxy = [c for c in pod if c.labels[naming.ROLE] == "proxy"][0]
+    assert list(proxy.attrs["NetworkSettings"]["Networks"]) == ["bridge"]
+    assert docker_client.networks.list(filters=naming.kernel_filter(k.kernel_id)) == []
+    gateway = proxy.attrs["NetworkSettings"]["Networks"]["bridge"]["Gateway"]
+    res = k.probe(f"""
+        import json, socket, requests
+        out = {{"proxied": requests.get("http://blocked.test/", timeout=10).status_code}}
+        try:
+            socket.getaddrinfo("blocked.test", 80); out["dns"] = "resolved"
+        except socket.gaierror:
+            out["dns"] = "nxdomain"
+        s = socket.socket(); s.settimeout(3)
+        try:
+            s.connect(("{gateway}", 22)); out["host"] = "connected"
+        except OSError as e:
+            out["host"] = type(e).__name__
+        print(json.dumps(out))
+    """)
+    assert res == {"proxied": 403, "dns": "nxdomain", "host": "ConnectionRefusedError"}
