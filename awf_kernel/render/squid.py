@@ -45,7 +45,7 @@ LOG_FIELDS = {
 
 
 def render_logformat(kernel_id: str) -> str:
-    fields = [f'"kind":"proxy"', f'"kernel_id":"{_json_safe(kernel_id)}"']
+    fields = ['"kind":"proxy"', f'"kernel_id":"{_json_safe(kernel_id)}"']
     fields += [f'"{k}":"{v}"' for k, v in LOG_FIELDS.items()]
     return "{" + ",".join(fields) + "}"
 

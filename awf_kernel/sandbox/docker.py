@@ -9,8 +9,11 @@ is removed before the error propagates.
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import tarfile
+import time
 from dataclasses import dataclass
 
 import docker
@@ -160,10 +163,7 @@ def _logs(container, tail: int = 40) -> str:
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
-    import io
-    import tarfile
-    import time
-
+    """The rendered configuration as a tar owned by the proxy's uid, for put_archive."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         dirs = sorted({name.rsplit("/", 1)[0] for name in files if "/" in name})

@@ -4,7 +4,6 @@ kernel specs pointing at it, and running sandboxed kernels."""
 from __future__ import annotations
 
 import json
-import os
 import queue
 import textwrap
 import uuid

@@ -9,7 +9,6 @@ errored" alone proves nothing.
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 

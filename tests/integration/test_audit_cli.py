@@ -11,7 +11,6 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from awf_kernel import kernelspec
 from awf_kernel.cli import main
 from awf_kernel.errors import PolicyError
 from awf_kernel.record import record

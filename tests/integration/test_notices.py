@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from awf_kernel import audit
 from awf_kernel.kernel_side.awf_notice import MIME
