@@ -432,15 +432,15 @@ def test_docker_host_unreachable(kernel, testnet):
 
 
 def test_second_kernels_pod_unreachable(start_kernel, testnet, docker_client):
-    from tests.integration.conftest import ALLOW
+    """Kernel A tries every address of kernel B's pod, on B's kernel, proxy and resolver ports."""
     from awf_kernel import naming
+    from tests.integration.conftest import ALLOW
 
     a = start_kernel(policy={"allow_domains": ALLOW})
     b = start_kernel(policy={"allow_domains": ALLOW})
-    proxy_b = docker_client.containers.list(filters=naming.kernel_filter(b.kernel_id) | {
-        "label": [f"{naming.KERNEL_ID}={b.kernel_id}", f"{naming.ROLE}=proxy"]})[0]
+    proxy_b = docker_client.containers.list(filters={"label": [f"{naming.KERNEL_ID}={b.kernel_id}",
+                                                               f"{naming.ROLE}=proxy"]})[0]
     ips_b = [n["IPAddress"] for n in proxy_b.attrs["NetworkSettings"]["Networks"].values() if n["IPAddress"]]
-    ports_b = [b.km.connection_info[p] if hasattr(b.km, "connection_info") else None for p in ("shell_port",)]
     ports_b = [b.km.shell_port, b.km.hb_port, b.km.control_port, 3128, 53]
     res = a.probe(TCP, f"""
         print(json.dumps({{f"{{ip}}:{{p}}": tcp(ip, p) for ip in {ips_b!r} for p in {ports_b!r}}}))
