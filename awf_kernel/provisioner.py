@@ -304,9 +304,11 @@ class AWFProvisioner(KernelProvisionerBase):
             addons_dir=str(ADDONS_DIR) if self.cell_notices else None,
         )
         files = {
-            "squid.conf": render_squid_conf(self.policy, kernel_id=self.kernel_id).encode(),
+            "squid.conf": render_squid_conf(self.policy, kernel_id=self.kernel_id,
+                                            notebook=self._launch.get("notebook")).encode(),
             "resolver.json": render_resolver_config(self.policy, kernel_id=self.kernel_id,
-                                                    upstreams=list(self.dns_servers)).encode(),
+                                                    upstreams=list(self.dns_servers),
+                                                    notebook=self._launch.get("notebook")).encode(),
         }
         firewall_env = {
             "AWF_IPV4_RULES": firewall.render_ipv4_rules(kernel_ports=settings.kernel_ports,

@@ -15,11 +15,13 @@ def _by_scope(rules: tuple[DomainRule, ...]) -> dict[str, list[str]]:
     return out
 
 
-def render_resolver_config(policy: Policy, *, kernel_id: str, upstreams: list[str]) -> str:
+def render_resolver_config(policy: Policy, *, kernel_id: str, upstreams: list[str],
+                           notebook: str | None = None) -> str:
     """JSON for the resolver. Empty `upstreams` means: use the resolvers Docker
     gave the proxy container (the operator's normal DNS)."""
     config = {
         "kernel_id": kernel_id,
+        "notebook": notebook,
         "listen": "127.0.0.1",
         "port": ports.RESOLVER,
         "upstreams": list(upstreams),

@@ -44,8 +44,9 @@ LOG_FIELDS = {
 }
 
 
-def render_logformat(kernel_id: str) -> str:
-    fields = ['"kind":"proxy"', f'"kernel_id":"{_json_safe(kernel_id)}"']
+def render_logformat(kernel_id: str, notebook: str | None = None) -> str:
+    fields = ['"kind":"proxy"', f'"kernel_id":"{_json_safe(kernel_id)}"',
+              f'"notebook":{_json_constant(notebook)}']
     fields += [f'"{k}":"{v}"' for k, v in LOG_FIELDS.items()]
     return "{" + ",".join(fields) + "}"
 
@@ -55,7 +56,17 @@ def _json_safe(text: str) -> str:
     return "".join(c for c in text if c.isalnum() or c in "-_.")
 
 
-def render_squid_conf(policy: Policy, *, kernel_id: str) -> str:
+def _json_constant(value: str | None) -> str:
+    """A JSON string as literal logformat text. Only plain path characters are
+    kept (others become '_'): Squid gives '%' and '\\' meanings of its own.
+    The exact path is in the kernel's policy.json."""
+    if value is None:
+        return "null"
+    return '"' + "".join(c if c.isalnum() or c in "/._-+@ " else "_" for c in value) + '"'
+
+
+
+def render_squid_conf(policy: Policy, *, kernel_id: str, notebook: str | None = None) -> str:
     """The whole squid.conf. Order of http_access lines is the security policy:
     block lists and raw IPs are denied before anything is allowed."""
     allow_all = policy.mode == "record" and getattr(policy, "allow_all", False)
@@ -138,7 +149,7 @@ def render_squid_conf(policy: Policy, *, kernel_id: str) -> str:
         "",
         "buffered_logs off",
         "umask 022",  # the kernel reads its own pod's log (read-only mount) for cell notices
-        f"logformat awf {render_logformat(kernel_id)}",
+        f"logformat awf {render_logformat(kernel_id, notebook)}",
         f"access_log stdio:{ACCESS_LOG} awf",
         "",
     ]

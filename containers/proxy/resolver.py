@@ -138,6 +138,8 @@ class Resolver:
             "time": round(time.time(), 3),
             "kind": "dns",
             "kernel_id": self.config.get("kernel_id"),
+            "notebook": self.config.get("notebook"),
+            "port": 53,
             "host": name.rstrip("."),
             "qtype": qtype,
             "decision": "allowed" if allowed else "denied",
