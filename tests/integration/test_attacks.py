@@ -489,3 +489,22 @@ def test_proxy_runs_unprivileged(kernel, docker_client):
     users = {row[1] for row in top["Processes"] if "squid" in row[2] or "resolver" in row[2]}
     assert users == {"proxy"}, top
     assert not hc.get("Binds") or all("docker.sock" not in b for b in hc["Binds"])
+
+
+def test_talking_to_the_intercept_ports_directly(kernel, testnet):
+    """Squid's intercept ports reached without NAT (no original destination):
+    neither a blocked Host nor a blocked SNI may get through."""
+    mark = testnet.mark()
+    res = kernel.probe(TCP, SNI, """
+        out = {
+            "http-3129": tcp("127.0.0.1", 3129, b"GET /direct HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n"),
+            "http-3129-absolute": tcp("127.0.0.1", 3129, b"GET http://blocked.test/direct HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n"),
+            "tls-3130": tls("127.0.0.1", "blocked.test", 3130),
+            "tls-3130-allowed-sni": tls("127.0.0.1", "allowed.test", 3130),
+        }
+        print(json.dumps(out))
+    """)
+    for name, result in res.items():
+        assert "hello from" not in result, (name, res)
+    assert testnet.web_hits("blocked.test", since=mark) == []
+    assert testnet.canary_hits(since=mark) == []
