@@ -281,7 +281,22 @@ class AWFProvisioner(KernelProvisionerBase):
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Called from `KernelManager._launch_kernel`: makes the pod and returns
         the connection info (127.0.0.1 and the published ports)."""
+        try:
+            self.pod = await self._docker(sandbox.create_pod, *self._pod_inputs(cmd), self.startup_timeout)
+        except BaseException:
+            # A failed start leaves nothing behind: not our folders, not the
+            # manager's connection file, not the reserved ports.
+            self._remove_connection_dir()
+            self._discard_empty_audit_dir()
+            self.parent.cleanup_connection_file()
+            self._return_ports()
+            raise
+        return self.connection_info
+
+    def _pod_inputs(self, cmd: list[str]):
+        """Settings, rendered files and firewall environment for `create_pod`."""
         uid, gid = self._ids()
+        mounts = self._mounts()
         self.connection_dir = self._connection_copy(uid, gid)
         egress = self._launch["egress"]
         settings = podspec.PodSettings(
@@ -296,7 +311,7 @@ class AWFProvisioner(KernelProvisionerBase):
             audit_dir=self._audit_dir_for_kernel(),
             env=self._launch["env"],
             workdir=self._launch["workdir"],
-            mounts=self._mounts(),
+            mounts=mounts,
             mem_limit=self.mem_limit or None,
             cpu_limit=self.cpu_limit or None,
             pids_limit=self.pids_limit or None,
@@ -317,18 +332,7 @@ class AWFProvisioner(KernelProvisionerBase):
             "AWF_WAIT_TCP": f"{ports.SQUID_EXPLICIT} {ports.SQUID_HTTP_INTERCEPT} {ports.SQUID_HTTPS_INTERCEPT}",
             "AWF_WAIT_UDP": str(ports.RESOLVER),
         }
-        try:
-            self.pod = await self._docker(sandbox.create_pod, settings, egress, files, firewall_env,
-                                          self.startup_timeout)
-        except BaseException:
-            # A failed start leaves nothing behind: not our folder, not the
-            # manager's connection file, not the reserved ports.
-            self._remove_connection_dir()
-            self._discard_empty_audit_dir()
-            self.parent.cleanup_connection_file()
-            self._return_ports()
-            raise
-        return self.connection_info
+        return settings, egress, files, firewall_env
 
     # --- running -----------------------------------------------------------------
     async def poll(self) -> int | None:

@@ -93,3 +93,22 @@ def test_argv_refuses_without_provisioner(spec_dir):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "refusing" in proc.stderr and "provisioner" in proc.stderr
+
+
+@pytest.mark.parametrize("settings,fragment", [
+    ({"extra_mounts": ["no-colon-here"]}, "extra_mounts"),
+    ({"kernel_uid": 0}, "kernel_uid 0"),
+])
+def test_bad_settings_fail_before_any_container(spec_dir, docker_client, settings, fragment):
+    from awf_kernel import kernelspec
+    from awf_kernel.errors import SandboxStartError
+
+    name = "awf-bad-" + fragment.split()[0].replace("_", "-")
+    base = json.loads((spec_dir / "awf-python" / "kernel.json").read_text())["metadata"]["kernel_provisioner"]["config"]
+    kernelspec.install(prefix=str(spec_dir.parent.parent.parent), name=name, settings={**base, **settings})
+    km = _km(spec_dir, name)
+    with pytest.raises(SandboxStartError) as info:
+        km.start_kernel(env={})
+    assert fragment in str(info.value)
+    _nothing_left(docker_client, km)
+    assert not km.provisioner or not km.provisioner.connection_dir
