@@ -19,7 +19,7 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 
-from .policy import DomainRule, Policy, is_ip_literal
+from .policy import Policy, is_ip_literal, parse_domains
 
 POLICY_FILE = "policy.json"
 PORT_OF_SQUID_PORT = {"3129": 80, "3130": 443}
@@ -48,18 +48,12 @@ def load_policy(folder: pathlib.Path) -> dict:
 
 
 def _policy_of(meta: dict) -> Policy | None:
+    """The effective policy recorded at kernel start (canonical entries)."""
     eff = meta.get("policy")
     if not eff:
         return None
-
-    def rules(entries):
-        out = []
-        for e in entries:
-            scope = "subdomains" if e.startswith("*.") else "both" if e.startswith(".") else "exact"
-            out.append(DomainRule(e.lstrip("*."), scope))
-        return tuple(out)
-
-    return Policy(allow=rules(eff.get("allow_domains", [])), block=rules(eff.get("block_domains", [])),
+    return Policy(allow=parse_domains(eff.get("allow_domains", []), "policy.json allow_domains"),
+                  block=parse_domains(eff.get("block_domains", []), "policy.json block_domains"),
                   mode=eff.get("mode", "enforce"), allow_all=bool(eff.get("allow_all")))
 
 

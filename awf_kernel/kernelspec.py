@@ -9,7 +9,7 @@ import sys
 import tempfile
 
 from jupyter_client.kernelspec import KernelSpecManager
-from traitlets import List, TraitError
+from traitlets import List, TraitError, Unicode
 
 from .errors import AWFError
 from .policy import parse_domains
@@ -43,7 +43,7 @@ def parse_setting(assignment: str) -> tuple[str, object]:
         value = raw
     if isinstance(trait, List) and isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and trait.__class__.__name__ == "Unicode":
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(trait, Unicode):
         value = raw
     try:
         value = trait.validate(AWFProvisioner(), value)

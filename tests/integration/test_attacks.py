@@ -143,10 +143,12 @@ def test_udp_and_quic_never_leave(kernel, testnet):
 
 def test_ipv6_has_no_way_out(kernel, testnet):
     mark = testnet.mark()
-    canary = testnet.ips["canary.test"]
+    canary, blocked = testnet.ips["canary.test"], testnet.ips["blocked.test"]
+    # Only our own hosts as targets: v4-mapped, and the NAT64 well-known prefix over the canary.
+    nat64 = "64:ff9b::" + ":".join(f"{int(a) * 256 + int(b):x}" for a, b in [canary.split(".")[:2], canary.split(".")[2:]])
     res = kernel.probe(TCP, f"""
         out = {{}}
-        for addr in ("::ffff:{canary}", "fd00::1", "2001:db8::1"):
+        for addr in ("::ffff:{canary}", "::ffff:{blocked}", "{nat64}"):
             s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM); s.settimeout(3)
             try:
                 s.connect((addr, 22)); out[addr] = "connected"
