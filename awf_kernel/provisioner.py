@@ -28,7 +28,7 @@ from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
 
-from . import __version__, policy_source
+from . import __version__, addresses, policy_source
 from .errors import SandboxStartError
 from .policy import Policy, parse_domains, resolve_policy
 from .render import firewall, pod as podspec, ports
@@ -84,6 +84,22 @@ class AWFProvisioner(KernelProvisionerBase):
         Resolvers the pod's filtering resolver forwards allowed names to.
         Empty (default): the resolvers Docker gives containers on
         `egress_network`. Only allowed names are ever forwarded.""")
+
+    allow_private_destinations = List(Unicode(), [], config=True, help="""
+        IPv4 networks (CIDR) that allowed names may resolve to although they
+        are not globally routable: an intranet site, a corporate mirror.
+        Default: none, so an allowed name whose DNS answer is private, shared,
+        loopback, link-local or otherwise special is refused (by Squid, the
+        resolver and the pod's rules). Loopback and link-local (cloud
+        metadata) cannot be opted in.""")
+
+    @validate("allow_private_destinations")
+    def _valid_private_destinations(self, proposal):
+        try:
+            addresses.parse_private_destinations(proposal["value"])
+        except addresses.DestinationError as exc:
+            raise TraitError(str(exc)) from None
+        return proposal["value"]
 
     # --- kernel container ------------------------------------------------------
     kernel_uid = Int(None, allow_none=True, config=True, help="""
