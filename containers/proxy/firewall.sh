@@ -6,7 +6,10 @@
 #
 # Inputs (environment, rendered by awf_kernel.render.firewall):
 #   AWF_IPV4_RULES / AWF_IPV6_RULES  iptables-restore input, with the
-#                                    placeholders @EGRESS_IF@ and @INGRESS_IF@
+#                                    placeholders @EGRESS_IF@ and @INGRESS_IF@;
+#                                    a line with @UPSTREAM@ is repeated for each
+#                                    IPv4 nameserver of /etc/resolv.conf (the
+#                                    proxy's, shared in this namespace)
 #   AWF_EGRESS_IP / AWF_INGRESS_IP   the pod's address on each network
 #   AWF_DEFAULT_GW                   the egress gateway, or "none"
 #   AWF_WAIT_TCP / AWF_WAIT_UDP      ports the proxy must listen on first
@@ -48,9 +51,24 @@ pin_routes() {
   fi
 }
 
+expand_upstreams() {
+  # Lines naming @UPSTREAM@ exist only when the admin named no dns_servers:
+  # the resolver then forwards to the nameservers Docker gave the proxy.
+  local line ns servers
+  servers=$(awk '$1 == "nameserver" && $2 ~ /^[0-9.]+$/ {print $2}' /etc/resolv.conf 2>/dev/null || true)
+  while IFS= read -r line; do
+    if [[ "$line" == *@UPSTREAM@* ]]; then
+      for ns in $servers; do printf '%s\n' "${line//@UPSTREAM@/$ns}"; done
+    else
+      printf '%s\n' "$line"
+    fi
+  done
+}
+
 install_rules() {
   local v4 v6
-  v4="${AWF_IPV4_RULES//@EGRESS_IF@/$EGRESS_IF}"
+  v4="$(printf '%s\n' "$AWF_IPV4_RULES" | expand_upstreams)"
+  v4="${v4//@EGRESS_IF@/$EGRESS_IF}"
   v4="${v4//@INGRESS_IF@/$INGRESS_IF}"
   # --noflush: Docker keeps its embedded-DNS rules in this namespace too.
   printf '%s\n' "$v4" | iptables-restore --noflush

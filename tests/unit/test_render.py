@@ -61,7 +61,8 @@ def test_host_regex(entry, regex):
 
 def test_firewall_golden():
     golden("ipv4.rules", firewall.render_ipv4_rules(kernel_ports=[5001, 5002, 5003, 5004, 5005],
-                                                    denied_destinations=["172.30.0.1"]))
+                                                    server_address="172.30.0.1", host_addresses=["172.30.0.1"],
+                                                    dns_upstreams=["172.30.0.53"], allowed_private=["10.20.0.0/16"]))
     golden("ipv6.rules", firewall.render_ipv6_rules())
 
 
@@ -103,7 +104,9 @@ def test_kernel_container_is_locked_down():
     assert spec["user"] == "1000:1000" and spec["network_mode"] == "container:proxyid"
     assert "ports" not in spec and "privileged" not in spec
     assert {m["Target"]: m["ReadOnly"] for m in spec["mounts"]} == {
-        pod.CONNECTION_DIR: False, "/home/u/nb": False, pod.AUDIT_DIR_IN_KERNEL: True}
+        pod.CONNECTION_FILE: False, "/home/u/nb": False, pod.AUDIT_DIR_IN_KERNEL: True}
+    assert spec["read_only"] is True and spec["tmpfs"] == {"/tmp": "mode=1777,size=512m"}
+    assert spec["log_config"]["config"]["max-size"]
     assert spec["working_dir"] == "/home/u/nb"
     assert spec["labels"]["io.awf-kernel.kernel-id"] == "0123456789abcdef"
     assert spec["environment"]["LANG"] == "C" and "JPY_PARENT_PID" not in spec["environment"]
@@ -113,9 +116,74 @@ def test_proxy_publishes_on_loopback_only_and_has_no_capabilities():
     spec = pod.proxy_create_kwargs(_settings())
     assert set(spec["ports"].values()) == {("127.0.0.1", p) for p in (1, 2, 3, 4, 5)}
     assert spec["cap_drop"] == ["ALL"] and "cap_add" not in spec and "user" not in spec  # image USER proxy
+    # port 53 stays privileged in the pod's namespace: the kernel shares it
+    assert "net.ipv4.ip_unprivileged_port_start" not in spec["sysctls"]
+    assert spec["log_config"]["config"]["max-size"]
 
 
 def test_firewall_step_holds_only_net_admin():
     spec = pod.firewall_create_kwargs(_settings(), "proxyid", {"A": "b"})
     assert spec["cap_drop"] == ["ALL"] and set(spec["cap_add"]) <= {"NET_ADMIN", "NET_RAW"}
     assert spec["network_mode"] == "container:proxyid"
+
+
+def _rules(**kw):
+    args = dict(kernel_ports=[1, 2, 3, 4, 5], server_address="172.30.0.1", host_addresses=["172.30.0.1"])
+    args.update(kw)
+    return firewall.render_ipv4_rules(**args).splitlines()
+
+
+def test_only_the_server_side_opens_the_kernel_ports():
+    inbound = [l for l in _rules() if l.startswith("-A AWF_INPUT") and "ACCEPT" in l and "--dports" in l]
+    assert inbound == ["-A AWF_INPUT -i @INGRESS_IF@ -s 172.30.0.1 -p tcp -m multiport --dports 1,2,3,4,5 -j ACCEPT"]
+
+
+def test_proxy_never_reaches_non_global_addresses_unless_opted_in():
+    rules = _rules(allowed_private=["10.20.0.0/16"], dns_upstreams=["10.9.9.9"])
+    web_accept = rules.index("-A AWF_OUTPUT -m owner --uid-owner 13 -o @EGRESS_IF@ -p tcp -m multiport"
+                             " --dports 80,443 -j ACCEPT")
+    rejected = {l.split(" -d ")[1].split()[0] for l in rules[:web_accept] if "--uid-owner 13 -d" in l and "REJECT" in l}
+    from awf_kernel import addresses
+    assert set(addresses.NON_GLOBAL_V4) <= rejected and "172.30.0.1/32" in rejected
+    opt_in = [i for i, l in enumerate(rules) if "-d 10.20.0.0/16" in l]
+    dns = [i for i, l in enumerate(rules) if "-d 10.9.9.9/32" in l]
+    first_reject = min(i for i, l in enumerate(rules) if "-d 10.0.0.0/8" in l)
+    assert opt_in and all(i < first_reject for i in opt_in) and "--dports 80,443" in rules[opt_in[0]]
+    assert len(dns) == 2 and all(i < first_reject and "--dport 53" in rules[i] for i in dns)
+    # the Docker host's address is refused before any opt-in could admit it
+    host = rules.index("-A AWF_OUTPUT -m owner --uid-owner 13 -d 172.30.0.1/32 -j REJECT"
+                       " --reject-with icmp-admin-prohibited")
+    assert host < opt_in[0]
+
+
+def test_upstreams_left_to_the_init_step_when_none_named():
+    rules = _rules()
+    assert sum("@UPSTREAM@" in l for l in rules) == 2
+    assert not any("@UPSTREAM@" in l for l in _rules(dns_upstreams=["10.9.9.9"]))
+
+
+def test_kernel_cannot_reach_proxy_sockets_on_loopback():
+    rules = _rules()
+    out = [l for l in rules if l.startswith("-A AWF_OUTPUT")]
+    # UDP on loopback only after a REDIRECT (to the resolver); the internal
+    # ports only through the REDIRECTs; no rule accepts port 53 on loopback
+    # without redirecting it to the resolver's unprivileged port.
+    assert "-A AWF_OUTPUT -d 127.0.0.1/32 -m conntrack --ctstate DNAT -j ACCEPT" in out
+    internal = out.index("-A AWF_OUTPUT -d 127.0.0.1/32 -p tcp -m multiport --dports 3129,3130,5353"
+                         " -j REJECT --reject-with tcp-reset")
+    assert internal < out.index("-A AWF_OUTPUT -d 127.0.0.1/32 -p tcp -j ACCEPT")
+    loopback_accepts = [l for l in out if "127.0.0" in l and l.endswith("ACCEPT")]
+    assert all("--uid-owner 13" in l or "-p tcp" in l or "DNAT" in l for l in loopback_accepts)
+    nat = rules[:rules.index("COMMIT")]
+    assert "-A AWF_OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 5353" in nat
+    assert "-A AWF_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 5353" in nat
+
+
+def test_squid_denies_non_global_destinations_before_allowing():
+    conf = squid.render_squid_conf(policy(["a.test"]), kernel_id="k", allowed_private=["10.20.0.0/16"])
+    access = [l for l in conf.splitlines() if l.startswith("http_access")]
+    deny = access.index("http_access deny to_non_global !to_allowed_private")
+    assert deny < access.index("http_access allow CONNECT https_intercept") < access.index("http_access allow awf_allow")
+    assert "acl to_allowed_private dst 10.20.0.0/16" in conf
+    from awf_kernel import addresses
+    assert ("acl to_non_global dst " + " ".join(addresses.NON_GLOBAL_V4)) in conf
