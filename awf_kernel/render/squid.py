@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from .. import addresses
 from ..policy import DomainRule, Policy
 from . import ports
 
@@ -41,6 +42,7 @@ LOG_FIELDS = {
     "time": "%ts.%03tu", "client": "%>a", "squid_port": "%>lp", "method": "%#rm",
     "host": "%#>rd", "url": "%#>ru", "server_port": "%<p", "sni": "%#ssl::>sni",
     "squid_status": "%Ss", "status": "%>Hs", "bytes": "%st", "bump": "%ssl::bump_mode",
+    "server_addr": "%<a",  # the address Squid itself connected to ("-": none)
 }
 
 
@@ -66,9 +68,12 @@ def _json_constant(value: str | None) -> str:
 
 
 
-def render_squid_conf(policy: Policy, *, kernel_id: str, notebook: str | None = None) -> str:
+def render_squid_conf(policy: Policy, *, kernel_id: str, notebook: str | None = None,
+                      allowed_private: list[str] | tuple[str, ...] = ()) -> str:
     """The whole squid.conf. Order of http_access lines is the security policy:
-    block lists and raw IPs are denied before anything is allowed."""
+    block lists, raw IPs and destinations that are not globally routable (an
+    allowed name may resolve anywhere) are denied before anything is allowed.
+    `allowed_private` are the admin's intranet ranges (already validated)."""
     allow_all = policy.mode == "record" and getattr(policy, "allow_all", False)
     lines = [
         f"# awf-kernel pod proxy for kernel {kernel_id}; generated, do not edit",
@@ -105,6 +110,9 @@ def render_squid_conf(policy: Policy, *, kernel_id: str, notebook: str | None = 
         "acl https_intercept myportname https_intercept",
         "acl explicit myportname explicit",
         "acl to_linklocal dst 169.254.0.0/16",
+        # Checked after Squid's own DNS lookup, for names and intercepted IPs alike.
+        "acl to_non_global dst " + " ".join(addresses.NON_GLOBAL_V4),
+        "acl to_allowed_private dst " + (" ".join(allowed_private) if allowed_private else "255.255.255.255/32"),
         r"acl raw_ip dstdom_regex -n ^[0-9.]+$ ^\[ ^[0-9a-f:]+$",
         r"acl raw_ip_sni ssl::server_name_regex ^[0-9.]+$ ^\[ ^[0-9a-f:]+$",
         *_acl("awf_block", "dstdom_regex -n", policy.block),
@@ -115,18 +123,19 @@ def render_squid_conf(policy: Policy, *, kernel_id: str, notebook: str | None = 
         f"tcp_outgoing_tos {ports.CONNECT_TOS:#04x} explicit CONNECT",
         "http_access deny !web_ports",
         "http_access deny CONNECT !https_port",
+        "http_access deny to_localhost",
+        "http_access deny to_linklocal",
+        "http_access deny to_non_global !to_allowed_private",
         # Intercepted TLS arrives as a CONNECT to an IP; it is judged by SNI below.
         "http_access allow CONNECT https_intercept",
         "http_access deny awf_block",
         "http_access deny raw_ip",
-        "http_access deny to_localhost",
-        "http_access deny to_linklocal",
         "http_access allow all" if allow_all else "http_access allow awf_allow",
         "http_access deny all",
         # Squid picks the page by the last ACL of the matching deny line.
         "deny_info ERR_AWF_BLOCKED awf_block",
         *(f"deny_info ERR_AWF_ADDRESS {acl}" for acl in ("web_ports", "https_port", "raw_ip", "to_localhost",
-                                                          "to_linklocal")),
+                                                          "to_linklocal", "to_allowed_private")),
         f"deny_info {ERROR_PAGE} all",
         # The denial names the host and the fix in headers too, for clients that
         # never show a body (and for LLM agents reading responses).
