@@ -18,6 +18,9 @@ from . import ports
 
 CONNECTION_DIR = "/awf/connection"
 CONNECTION_FILE = f"{CONNECTION_DIR}/kernel.json"
+# Docker's own log of each container (the kernel's raw stdout, Squid's
+# cache.log) is capped: a kernel can write hundreds of MB a second there.
+LOG_CONFIG = {"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}}
 AUDIT_DIR_IN_PROXY = "/var/log/awf"
 AUDIT_DIR_IN_KERNEL = "/awf/audit"   # read-only: the kernel reads its own pod's denials
 ADDONS_DIR_IN_KERNEL = "/awf/lib"    # read-only: the per-cell notice extension
@@ -54,6 +57,9 @@ class PodSettings:
     pids_limit: int | None = 512
     server: str = ""
     addons_dir: str | None = None     # host dir holding awf_notice.py; None = no cell notices
+    dns_servers: tuple[str, ...] = () # the admin's resolvers, also for Docker's own DNS in the pod
+    read_only_image: bool = True      # the kernel's image layer is read-only ...
+    tmp_size: str | None = "512m"     # ... and /tmp, a tmpfs of this size, is its scratch space
 
 
 def _limits(s: PodSettings) -> dict:
@@ -68,7 +74,8 @@ def _limits(s: PodSettings) -> dict:
     return out
 
 
-_LOCKED_DOWN = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "init": True}
+_LOCKED_DOWN = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "init": True,
+                "log_config": LOG_CONFIG}
 
 
 def proxy_create_kwargs(s: PodSettings) -> dict:
@@ -78,9 +85,9 @@ def proxy_create_kwargs(s: PodSettings) -> dict:
         "labels": naming.labels(s.kernel_id, "proxy", s.server),
         "network": s.network,
         "ports": {f"{p}/tcp": ("127.0.0.1", p) for p in s.kernel_ports},
-        # The resolver binds port 53 as uid 13 without any capability.
-        "sysctls": {"net.ipv4.ip_unprivileged_port_start": "53",
-                    "net.ipv6.conf.all.disable_ipv6": "1",
+        # Port 53 stays privileged in the pod (the kernel shares the namespace
+        # and must never bind it); the resolver listens above 1024.
+        "sysctls": {"net.ipv6.conf.all.disable_ipv6": "1",
                     "net.ipv6.conf.default.disable_ipv6": "1"},
         "mounts": [Mount(s.audit_dir, AUDIT_DIR_IN_PROXY).to_docker()],
         "mem_limit": "256m",
@@ -88,6 +95,9 @@ def proxy_create_kwargs(s: PodSettings) -> dict:
         "pids_limit": 256,
         "detach": True,
         **_LOCKED_DOWN,
+        # Docker's embedded resolver in the pod forwards to the admin's
+        # servers too, never to the host's: one set of upstreams per pod.
+        **({"dns": list(s.dns_servers)} if s.dns_servers else {}),
     }
 
 
@@ -105,6 +115,7 @@ def firewall_create_kwargs(s: PodSettings, proxy_id: str, env: dict[str, str]) -
         "environment": env,
         "pids_limit": 64,
         "mem_limit": "128m",
+        "log_config": LOG_CONFIG,
         "detach": True,
     }
 
@@ -128,7 +139,10 @@ def kernel_env(s: PodSettings) -> dict[str, str]:
 
 
 def kernel_create_kwargs(s: PodSettings, proxy_id: str) -> dict:
-    mounts = [Mount(s.connection_dir, CONNECTION_DIR), Mount(s.audit_dir, AUDIT_DIR_IN_KERNEL, read_only=True)]
+    # Only the connection file itself: ipykernel rewrites it in place, and the
+    # kernel gets no host folder it could fill with other files.
+    mounts = [Mount(f"{s.connection_dir}/kernel.json", CONNECTION_FILE),
+              Mount(s.audit_dir, AUDIT_DIR_IN_KERNEL, read_only=True)]
     if s.addons_dir:
         mounts.append(Mount(s.addons_dir, ADDONS_DIR_IN_KERNEL, read_only=True))
     if s.workdir:
@@ -149,6 +163,9 @@ def kernel_create_kwargs(s: PodSettings, proxy_id: str) -> dict:
         **_LOCKED_DOWN,
         **_limits(s),
     }
+    if s.read_only_image:
+        kwargs["read_only"] = True
+        kwargs["tmpfs"] = {"/tmp": "mode=1777" + (f",size={s.tmp_size}" if s.tmp_size else "")}
     return kwargs
 
 

@@ -21,6 +21,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from .. import naming
 from ..errors import DockerUnavailable, ImageMissing, NetworkMissing, PortClash, SandboxStartError
+from ..render import firewall
 from ..render import pod as podspec
 from ..render import ports
 
@@ -45,9 +46,8 @@ def client() -> docker.DockerClient:
 class EgressNetwork:
     name: str
     internal: bool
-    gateway: str | None      # the route out; None on internal networks
     subnets: tuple[str, ...]
-    host_addresses: tuple[str, ...]  # the Docker host's own addresses on it, internal or not
+    host_addresses: tuple[str, ...]  # the Docker host's own addresses on it (IPAM), internal or not
 
 
 @dataclass
@@ -56,6 +56,9 @@ class Pod:
     proxy_id: str
     kernel_id_container: str
     ingress_network: str | None
+    # When each container started: a pod container that ran again (`docker
+    # restart`, an engine restart) is no longer the pod that was set up.
+    started: dict[str, str] | None = None
 
 
 def egress_network(name: str) -> EgressNetwork:
@@ -71,8 +74,7 @@ def egress_network(name: str) -> EgressNetwork:
     if attrs.get("Driver") == "host" or name == "host":
         raise SandboxStartError(f"egress_network '{name}' is the host's network; a pod needs its own namespace",
                                 hint="set egress_network to a bridge network (default: bridge)")
-    gateway = None if internal or not gateways else gateways[0]
-    return EgressNetwork(name, internal, gateway, subnets, tuple(gateways))
+    return EgressNetwork(name, internal, subnets, tuple(gateways))
 
 
 def require_image(name: str, setting: str) -> None:
@@ -82,13 +84,21 @@ def require_image(name: str, setting: str) -> None:
         raise ImageMissing(name, setting) from None
 
 
-def _address(container, network: str) -> str:
-    container.reload()
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    gateway: str | None  # the Docker host's address on that network
+
+
+def _endpoint(container, network: str) -> Endpoint:
+    """The proxy's own endpoint is the truth about a network: Debian's
+    docker.io 20.10 lists no gateway in the default bridge's IPAM config, but
+    every endpoint carries it."""
     nets = container.attrs["NetworkSettings"]["Networks"]
-    ip = (nets.get(network) or {}).get("IPAddress")
-    if not ip:
+    ep = nets.get(network) or {}
+    if not ep.get("IPAddress"):
         raise SandboxStartError(f"the proxy container got no address on network '{network}'")
-    return ip
+    return Endpoint(ep["IPAddress"], ep.get("Gateway") or None)
 
 
 _PORT_CLASH = re.compile(r"(port is already allocated|address already in use)", re.I)
@@ -107,16 +117,18 @@ def _start_proxy(proxy) -> None:
 
 
 def create_pod(settings: podspec.PodSettings, egress: EgressNetwork, files: dict[str, bytes],
-               firewall_env: dict[str, str], startup_timeout: float = 30.0) -> Pod:
-    """Create and start one kernel's pod; on any failure remove what was made."""
+               rules: dict, startup_timeout: float) -> Pod:
+    """Create and start one kernel's pod; on any failure remove what was made.
+    `rules` are the arguments of `firewall.render_ipv4_rules` that the
+    provisioner knows; the addresses only the engine knows are added here."""
     try:
-        return _create_pod(settings, egress, files, firewall_env, startup_timeout)
+        return _create_pod(settings, egress, files, rules, startup_timeout)
     except BaseException:
         remove_pod(settings.kernel_id)
         raise
 
 
-def _create_pod(settings, egress, files, firewall_env, startup_timeout) -> Pod:
+def _create_pod(settings, egress, files, rules, startup_timeout) -> Pod:
     c = client()
     ingress = None
     if egress.internal:
@@ -127,16 +139,38 @@ def _create_pod(settings, egress, files, firewall_env, startup_timeout) -> Pod:
         c.networks.get(egress.name).connect(proxy)
     proxy.put_archive("/etc/awf", _tar(files))
     _start_proxy(proxy)
+    proxy.reload()
 
-    env = dict(firewall_env)
-    env["AWF_EGRESS_IP"] = _address(proxy, egress.name)
-    env["AWF_INGRESS_IP"] = _address(proxy, ingress or egress.name)
-    env["AWF_DEFAULT_GW"] = egress.gateway or "none"
+    out = _endpoint(proxy, egress.name)
+    inbound = _endpoint(proxy, ingress or egress.name)
+    if not egress.internal and not out.gateway:
+        raise SandboxStartError(
+            f"egress_network '{egress.name}' gave the proxy no gateway, so the pod would have no route out",
+            hint=f"check `docker network inspect {egress.name}`; use a bridge network with a gateway, or an "
+                 "`--internal` network if the pod should reach only that network")
+    host_addresses = sorted({*egress.host_addresses, *(g for g in (out.gateway, inbound.gateway) if g)})
+    env = {
+        "AWF_IPV4_RULES": firewall.render_ipv4_rules(**rules, server_address=inbound.gateway,
+                                                     host_addresses=host_addresses),
+        "AWF_IPV6_RULES": firewall.render_ipv6_rules(),
+        "AWF_WAIT_TCP": " ".join(str(p) for p in (ports.SQUID_EXPLICIT, ports.SQUID_HTTP_INTERCEPT,
+                                                  ports.SQUID_HTTPS_INTERCEPT, ports.RESOLVER_LISTEN)),
+        "AWF_WAIT_UDP": str(ports.RESOLVER_LISTEN),
+        "AWF_WAIT_SECONDS": str(max(1, int(startup_timeout))),
+        "AWF_EGRESS_IP": out.address,
+        "AWF_INGRESS_IP": inbound.address,
+        "AWF_DEFAULT_GW": out.gateway if not egress.internal else "none",
+    }
     _run_firewall(settings, proxy, env, startup_timeout)
 
     kernel = c.containers.create(**podspec.kernel_create_kwargs(settings, proxy.id))
     kernel.start()
-    return Pod(settings.kernel_id, proxy.id, kernel.id, ingress)
+    return Pod(settings.kernel_id, proxy.id, kernel.id, ingress,
+               started={cid: _started_at(cid) for cid in (proxy.id, kernel.id)})
+
+
+def _started_at(container_id: str) -> str:
+    return client().api.inspect_container(container_id)["State"]["StartedAt"]
 
 
 def _run_firewall(settings, proxy, env, timeout) -> None:
@@ -188,6 +222,27 @@ def container_state(container_id: str) -> tuple[bool, int | None]:
         return False, -1
     state = attrs["State"]
     return bool(state.get("Running")), state.get("ExitCode")
+
+
+def pod_state(pod: Pod) -> tuple[bool, int | None]:
+    """The kernel's (running, exit code), judged on the whole pod: a kernel
+    whose proxy stopped, or any pod container that started again since the pod
+    was made, counts as dead (fail closed), and its kernel is stopped."""
+    states = {}
+    for cid in (pod.kernel_id_container, pod.proxy_id):
+        try:
+            states[cid] = client().api.inspect_container(cid)["State"]
+        except NotFound:
+            states[cid] = {"Running": False, "ExitCode": -1}
+    kernel = states[pod.kernel_id_container]
+    if not kernel.get("Running"):
+        return False, kernel.get("ExitCode")
+    for cid, state in states.items():
+        rerun = bool(pod.started) and pod.started.get(cid) not in (None, state.get("StartedAt"))
+        if not state.get("Running") or rerun:
+            signal_container(pod.kernel_id_container, 9)
+            return False, -1
+    return True, None
 
 
 def signal_container(container_id: str, signum: int) -> None:

@@ -7,6 +7,20 @@ set -euo pipefail
 CONF_DIR=/etc/awf
 log() { echo "[awf-proxy] $*" >&2; }
 
+refuse_second_run() {
+  # A pod is set up once: its firewall step ran against this container's
+  # namespace when it first started. Started again (`docker restart`, the
+  # engine's restart policy), it would have a new namespace without rules, so
+  # it refuses; the provisioner then reports the kernel dead. The marker lives
+  # in the per-kernel audit folder (a host folder the kernel cannot write) and
+  # is named after this container, so a new pod for the same kernel starts.
+  local marker="/var/log/awf/.proxy-started-${HOSTNAME:?}"
+  if ! ( set -o noclobber; : >"$marker" ) 2>/dev/null; then
+    log "this pod's proxy ran before; a pod container never runs twice (start a new kernel)"
+    exit 66
+  fi
+}
+
 check_config() {
   # A proxy without its policy must not start: the firewall step would then
   # wait forever instead of failing, and no kernel must run unfiltered.
@@ -21,7 +35,7 @@ start_resolver() {
 
 rotate_access_log() {
   # Squid keeps 5 rotated copies (logfile_rotate 5); ask it to rotate at 10 MB.
-  while sleep 30; do
+  while sleep 5; do
     if [[ $(stat -c %s /var/log/awf/access.jsonl 2>/dev/null || echo 0) -gt 10485760 ]]; then
       squid -k rotate -f "$CONF_DIR/squid.conf" || log "log rotation failed"
     fi
@@ -36,6 +50,7 @@ run_squid() {
 }
 
 main() {
+  refuse_second_run
   check_config
   start_resolver
   rotate_access_log &
