@@ -31,7 +31,7 @@ from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, vali
 from . import __version__, addresses, policy_source
 from .errors import SandboxStartError
 from .policy import Policy, parse_domains, resolve_policy
-from .render import firewall, pod as podspec, ports
+from .render import pod as podspec, ports
 from .render.resolver import render_resolver_config
 from .render.squid import render_squid_conf
 from .sandbox import docker as sandbox
@@ -129,6 +129,15 @@ class AWFProvisioner(KernelProvisionerBase):
         Whether a notebook may ask for record mode (`"awf": {"mode": "record"}`),
         which lets through everything the admin bounds permit and logs it.
         Only the launcher or the notebook file can ask, never the kernel.""")
+    read_only_image = Bool(True, config=True, help="""
+        Run the kernel with its image read-only; /tmp (and HOME, which is
+        /tmp) is a tmpfs of `tmp_size`, so a kernel cannot fill the host's
+        disk through its container layer. `pip install` from a cell then
+        installs into /tmp/.local. Turn off only for an image that must write
+        elsewhere.""")
+    tmp_size = Unicode("512m", config=True, help="""
+        Size of the kernel's /tmp (tmpfs, counted against mem_limit) when
+        read_only_image is on (Docker syntax, '' = no size limit).""")
     startup_timeout = Float(60.0, config=True, help="Seconds the pod's firewall step may take.")
 
     @validate("dns_servers")
@@ -310,7 +319,7 @@ class AWFProvisioner(KernelProvisionerBase):
         return self.connection_info
 
     def _pod_inputs(self, cmd: list[str]):
-        """Settings, rendered files and firewall environment for `create_pod`."""
+        """Settings, rendered files and firewall rule inputs for `create_pod`."""
         uid, gid = self._ids()
         mounts = self._mounts()
         self.connection_dir = self._connection_copy(uid, gid)
@@ -333,29 +342,30 @@ class AWFProvisioner(KernelProvisionerBase):
             pids_limit=self.pids_limit or None,
             server=f"{socket.gethostname()}:{os.getpid()}",
             addons_dir=str(ADDONS_DIR) if self.cell_notices else None,
+            dns_servers=tuple(self.dns_servers),
+            read_only_image=self.read_only_image,
+            tmp_size=self.tmp_size or None,
         )
+        private = list(self.allow_private_destinations)
         files = {
             "squid.conf": render_squid_conf(self.policy, kernel_id=self.kernel_id,
-                                            notebook=self._launch.get("notebook")).encode(),
+                                            notebook=self._launch.get("notebook"),
+                                            allowed_private=private).encode(),
             "resolver.json": render_resolver_config(self.policy, kernel_id=self.kernel_id,
                                                     upstreams=list(self.dns_servers),
-                                                    notebook=self._launch.get("notebook")).encode(),
+                                                    notebook=self._launch.get("notebook"),
+                                                    allowed_private=private).encode(),
         }
-        firewall_env = {
-            "AWF_IPV4_RULES": firewall.render_ipv4_rules(kernel_ports=settings.kernel_ports,
-                                                         denied_destinations=egress.host_addresses),
-            "AWF_IPV6_RULES": firewall.render_ipv6_rules(),
-            "AWF_WAIT_TCP": f"{ports.SQUID_EXPLICIT} {ports.SQUID_HTTP_INTERCEPT} {ports.SQUID_HTTPS_INTERCEPT}",
-            "AWF_WAIT_UDP": str(ports.RESOLVER),
-        }
-        return settings, egress, files, firewall_env
+        rules = {"kernel_ports": settings.kernel_ports, "dns_upstreams": list(self.dns_servers),
+                 "allowed_private": private}
+        return settings, egress, files, rules
 
     # --- running -----------------------------------------------------------------
     async def poll(self) -> int | None:
         """Called from `KernelManager.is_alive`: None while the kernel runs."""
         if self.pod is None:
             return 0
-        running, code = await self._docker(sandbox.container_state, self.pod.kernel_id_container)
+        running, code = await self._docker(sandbox.pod_state, self.pod)
         return None if running else (code if code is not None else -1)
 
     async def wait(self) -> int | None:
@@ -410,11 +420,12 @@ class AWFProvisioner(KernelProvisionerBase):
         info = await super().get_provisioner_info()
         if self.pod is not None:
             info["awf_pod"] = {"proxy": self.pod.proxy_id, "kernel": self.pod.kernel_id_container,
-                               "ingress": self.pod.ingress_network}
+                               "ingress": self.pod.ingress_network, "started": self.pod.started}
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict) -> None:
         await super().load_provisioner_info(provisioner_info)
         pod = provisioner_info.get("awf_pod")
         if pod:
-            self.pod = sandbox.Pod(self.kernel_id, pod["proxy"], pod["kernel"], pod.get("ingress"))
+            self.pod = sandbox.Pod(self.kernel_id, pod["proxy"], pod["kernel"], pod.get("ingress"),
+                                   pod.get("started"))
