@@ -13,6 +13,7 @@ from traitlets import List, TraitError, Unicode
 
 from .errors import AWFError
 from .policy import parse_domains
+from .protect import check_entries
 
 KERNEL_NAME = "awf-python"
 DISPLAY_NAME = "Python (AWF sandboxed)"
@@ -57,6 +58,11 @@ def _check_meaning(name: str, value) -> None:
     """Refuse now what would otherwise only fail at every kernel start."""
     if name in ("allow_domains", "block_domains", "domain_ceiling") and value is not None:
         parse_domains(value, f"--set {name}")
+    if name in ("deny_write", "deny_read"):
+        try:
+            check_entries(value, f"--set {name}")
+        except ValueError as exc:
+            raise SettingError(str(exc), hint=f"e.g. {name}=~/projects/secret,/srv/shared/keys/") from None
     if name == "dns_servers":
         for server in value:
             try:

@@ -29,6 +29,7 @@ from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
 
 from . import __version__, addresses, policy_source
+from . import protect
 from .errors import SandboxStartError
 from .policy import Policy, parse_domains, resolve_policy
 from .render import pod as podspec, ports
@@ -114,6 +115,30 @@ class AWFProvisioner(KernelProvisionerBase):
         and start there. System folders and / are never mounted.""")
     extra_mounts = List(Unicode(), [], config=True, help="""
         More bind mounts for the kernel, as `HOST_PATH:CONTAINER_PATH[:ro]`.""")
+    deny_write = List(Unicode(), [], config=True, help="""
+        More paths a kernel may not change or create in the folders it can
+        write (the notebook's folder, read-write `extra_mounts`), on top of a
+        mandatory list (awf_kernel.protect.DENY_WRITE: shell startup files,
+        ~/.jupyter, ~/.local, ~/.config, ~/.ssh, git hooks ...) that cannot be
+        removed. Each entry is `~/path` (in the server user's and the kernel
+        user's home), `/absolute/path`, or `name/like/this` (in the root of
+        every writable folder); end it with `/` if it is a folder. Existing
+        paths are mounted read-only; missing ones are held by an empty
+        placeholder made on the host while the kernel runs.""")
+    deny_read = List(Unicode(), [], config=True, help="""
+        More paths a kernel may not read (nor change) in the folders it can
+        write, on top of a mandatory list (awf_kernel.protect.DENY_READ: SSH
+        and GnuPG keys, cloud and registry credentials, browser profiles,
+        Jupyter's runtime folder ...). The kernel sees an empty folder or file
+        there. Same syntax as `deny_write`.""")
+
+    @validate("deny_write", "deny_read")
+    def _valid_deny_entries(self, proposal):
+        try:
+            return protect.check_entries(proposal["value"], proposal["trait"].name)
+        except ValueError as exc:
+            raise TraitError(str(exc)) from None
+
     env_allowlist = List(Unicode(), ["LANG", "LC_*", "TZ", "JPY_SESSION_NAME"], config=True, help="""
         Names (fnmatch patterns) of the launcher's environment variables passed
         to the kernel. Nothing else of the server's environment (tokens!)
@@ -267,7 +292,51 @@ class AWFProvisioner(KernelProvisionerBase):
                 raise SandboxStartError(f"extra_mounts entry {spec!r} is not HOST:CONTAINER[:ro]",
                                         hint="fix AWFProvisioner.extra_mounts")
             out.append(podspec.Mount(os.path.realpath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro"))
-        return tuple(out)
+        return tuple(out + self._protection(out))
+
+    _placeholders: list = []           # protect.Placeholder made on the host for this pod
+    _protect_dir: str | None = None    # holds the empty folder/file mounted over hidden paths
+
+    def _protection(self, mounts: list[podspec.Mount]) -> list[podspec.Mount]:
+        """Mounts that keep the kernel from planting code that runs outside the
+        sandbox later, or reading credentials, through the folders it can write
+        (the notebook's folder is very often the user's home). See awf_kernel.protect."""
+        self._remove_placeholders()
+        workdir = self._launch.get("workdir")
+        every = ([podspec.Mount(workdir, workdir)] if workdir else []) + list(mounts)
+        if not any(not m.read_only for m in every):
+            return []
+        uid, _ = self._ids()
+        spec_dir = getattr(self.kernel_spec, "resource_dir", None)
+        self._protect_dir = tempfile.mkdtemp(prefix=f"awf-kernel-{self.kernel_id[:8]}-protect-")
+        try:
+            result = protect.protect(every, homes=protect.home_dirs(uid), scratch_dir=self._protect_dir,
+                                     deny_write=[*self.deny_write, *([spec_dir + "/"] if spec_dir else [])],
+                                     deny_read=list(self.deny_read))
+        except protect.ProtectionError as exc:
+            raise SandboxStartError(f"not starting the kernel: {exc}", hint=(
+                "open the notebook from another folder (a project subfolder rather than your home), "
+                "or replace the symlink with a copy, or change AWFProvisioner.extra_mounts")) from None
+        self._placeholders = result.placeholders
+        for warning in result.warnings:
+            self.log.warning("awf-kernel %s: %s", self.kernel_id, warning)
+        if result.placeholders:
+            self.log.info("awf-kernel %s: holding %d missing protected paths with placeholders (removed at "
+                          "shutdown): %s", self.kernel_id, len(result.placeholders),
+                          ", ".join(p.path for p in result.placeholders))
+        return result.mounts
+
+    def _remove_placeholders(self) -> None:
+        """Remove the placeholders this kernel's start made, unless something
+        on the host changed them meanwhile, and the per-kernel empty folder/file."""
+        kept = protect.remove_placeholders(self._placeholders)
+        if kept:
+            self.log.warning("awf-kernel %s: left in place (changed on the host while the kernel ran): %s",
+                             self.kernel_id, ", ".join(kept))
+        self._placeholders = []
+        if self._protect_dir:
+            shutil.rmtree(self._protect_dir, ignore_errors=True)
+            self._protect_dir = None
 
     def _connection_copy(self, uid: int, gid: int) -> str:
         """A per-kernel folder with the container's own connection file:
@@ -312,6 +381,7 @@ class AWFProvisioner(KernelProvisionerBase):
             # A failed start leaves nothing behind: not our folders, not the
             # manager's connection file, not the reserved ports.
             self._remove_connection_dir()
+            self._remove_placeholders()
             self._discard_empty_audit_dir()
             self.parent.cleanup_connection_file()
             self._return_ports()
@@ -391,6 +461,7 @@ class AWFProvisioner(KernelProvisionerBase):
         await self._docker(sandbox.remove_pod, self.kernel_id)
         self.pod = None
         self._remove_connection_dir()
+        self._remove_placeholders()
         if not restart:
             self._return_ports()
 
