@@ -87,7 +87,9 @@ def proxy_create_kwargs(s: PodSettings) -> dict:
         "ports": {f"{p}/tcp": ("127.0.0.1", p) for p in s.kernel_ports},
         # Port 53 stays privileged in the pod (the kernel shares the namespace
         # and must never bind it); the resolver listens above 1024.
-        "sysctls": {"net.ipv6.conf.all.disable_ipv6": "1",
+        # (Docker >= 20.10 sets it to 0 in every container unless told otherwise.)
+        "sysctls": {"net.ipv4.ip_unprivileged_port_start": "1024",
+                    "net.ipv6.conf.all.disable_ipv6": "1",
                     "net.ipv6.conf.default.disable_ipv6": "1"},
         "mounts": [Mount(s.audit_dir, AUDIT_DIR_IN_PROXY).to_docker()],
         "mem_limit": "256m",

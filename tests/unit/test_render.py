@@ -117,7 +117,7 @@ def test_proxy_publishes_on_loopback_only_and_has_no_capabilities():
     assert set(spec["ports"].values()) == {("127.0.0.1", p) for p in (1, 2, 3, 4, 5)}
     assert spec["cap_drop"] == ["ALL"] and "cap_add" not in spec and "user" not in spec  # image USER proxy
     # port 53 stays privileged in the pod's namespace: the kernel shares it
-    assert "net.ipv4.ip_unprivileged_port_start" not in spec["sysctls"]
+    assert spec["sysctls"]["net.ipv4.ip_unprivileged_port_start"] == "1024"
     assert spec["log_config"]["config"]["max-size"]
 
 
