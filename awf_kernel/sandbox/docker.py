@@ -105,6 +105,20 @@ _PORT_CLASH = re.compile(r"(port is already allocated|address already in use)", 
 _PORT_IN_MSG = re.compile(r"127\.0\.0\.1:(\d+)")
 
 
+def route_out(egress: EgressNetwork, endpoint: Endpoint) -> str | None:
+    """The pod's default gateway: the proxy's own endpoint's, on a network
+    that leads out; none on an internal one. A network that should lead out
+    but gave no gateway is an error now, not a pod that silently reaches nothing."""
+    if egress.internal:
+        return None
+    if not endpoint.gateway:
+        raise SandboxStartError(
+            f"egress_network '{egress.name}' gave the proxy no gateway, so the pod would have no route out",
+            hint=f"check `docker network inspect {egress.name}`; use a bridge network with a gateway, or an "
+                 "`--internal` network if the pod should reach only that network")
+    return endpoint.gateway
+
+
 def _start_proxy(proxy) -> None:
     try:
         proxy.start()
@@ -143,11 +157,7 @@ def _create_pod(settings, egress, files, rules, startup_timeout) -> Pod:
 
     out = _endpoint(proxy, egress.name)
     inbound = _endpoint(proxy, ingress or egress.name)
-    if not egress.internal and not out.gateway:
-        raise SandboxStartError(
-            f"egress_network '{egress.name}' gave the proxy no gateway, so the pod would have no route out",
-            hint=f"check `docker network inspect {egress.name}`; use a bridge network with a gateway, or an "
-                 "`--internal` network if the pod should reach only that network")
+    default_gw = route_out(egress, out)
     host_addresses = sorted({*egress.host_addresses, *(g for g in (out.gateway, inbound.gateway) if g)})
     env = {
         "AWF_IPV4_RULES": firewall.render_ipv4_rules(**rules, server_address=inbound.gateway,
@@ -159,7 +169,7 @@ def _create_pod(settings, egress, files, rules, startup_timeout) -> Pod:
         "AWF_WAIT_SECONDS": str(max(1, int(startup_timeout))),
         "AWF_EGRESS_IP": out.address,
         "AWF_INGRESS_IP": inbound.address,
-        "AWF_DEFAULT_GW": out.gateway if not egress.internal else "none",
+        "AWF_DEFAULT_GW": default_gw or "none",
     }
     _run_firewall(settings, proxy, env, startup_timeout)
 

@@ -187,3 +187,17 @@ def test_squid_denies_non_global_destinations_before_allowing():
     assert "acl to_allowed_private dst 10.20.0.0/16" in conf
     from awf_kernel import addresses
     assert ("acl to_non_global dst " + " ".join(addresses.NON_GLOBAL_V4)) in conf
+
+
+def test_route_out_comes_from_the_endpoint_and_fails_loudly():
+    from awf_kernel.errors import SandboxStartError
+    from awf_kernel.sandbox.docker import EgressNetwork, Endpoint, route_out
+
+    # Debian's docker.io 20.10: the bridge's IPAM config lists no gateway, the endpoint does
+    bridge = EgressNetwork("bridge", internal=False, subnets=("172.17.0.0/16",), host_addresses=())
+    assert route_out(bridge, Endpoint("172.17.0.2", "172.17.0.1")) == "172.17.0.1"
+    internal = EgressNetwork("lab", internal=True, subnets=(), host_addresses=())
+    assert route_out(internal, Endpoint("10.1.0.2", "10.1.0.1")) is None
+    with pytest.raises(SandboxStartError, match="no gateway") as err:
+        route_out(bridge, Endpoint("172.17.0.2", None))
+    assert "docker network inspect bridge" in str(err.value)
