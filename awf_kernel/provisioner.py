@@ -163,7 +163,9 @@ class AWFProvisioner(KernelProvisionerBase):
     tmp_size = Unicode("512m", config=True, help="""
         Size of the kernel's /tmp (tmpfs, counted against mem_limit) when
         read_only_image is on (Docker syntax, '' = no size limit).""")
-    startup_timeout = Float(60.0, config=True, help="Seconds the pod's firewall step may take.")
+    startup_timeout = Float(60.0, config=True, help="""
+        Seconds a pod may take to start: the proxy's readiness, the firewall
+        step, and the time jupyter_client waits before it calls a start stable.""")
 
     @validate("dns_servers")
     def _valid_dns_servers(self, proposal):
@@ -329,7 +331,7 @@ class AWFProvisioner(KernelProvisionerBase):
     def _remove_placeholders(self) -> None:
         """Remove the placeholders this kernel's start made, unless something
         on the host changed them meanwhile, and the per-kernel empty folder/file."""
-        kept = protect.remove_placeholders(self._placeholders)
+        kept = protect.remove_placeholders(self._placeholders, self._protect_dir)
         if kept:
             self.log.warning("awf-kernel %s: left in place (changed on the host while the kernel ran): %s",
                              self.kernel_id, ", ".join(kept))
@@ -485,7 +487,8 @@ class AWFProvisioner(KernelProvisionerBase):
             self.connection_dir = None
 
     def get_stable_start_time(self, recommended: float = 10.0) -> float:
-        return max(recommended, 30.0)
+        """A pod takes longer than a process; one setting says how long."""
+        return max(recommended, self.startup_timeout)
 
     async def get_provisioner_info(self) -> dict:
         info = await super().get_provisioner_info()

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import docker
+import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from .. import naming
@@ -189,7 +190,7 @@ def _run_firewall(settings, proxy, env, timeout) -> None:
         fw.start()
         try:
             result = fw.wait(timeout=timeout)
-        except Exception as exc:  # requests' ReadTimeout and friends
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
             raise SandboxStartError(f"the pod's firewall step did not finish in {timeout:.0f} s",
                                     logs=_logs(fw) + _logs(proxy)) from exc
         if result.get("StatusCode") != 0:
