@@ -6,9 +6,20 @@ start), `dns.jsonl` (the resolver) and `access.jsonl` (Squid), plus rotated
 copies (`.1`... / `.0`...). Records come out in one shape:
 
     {time, kernel_id, notebook, kind: dns|http|https, host, port, method,
-     sni, decision: allowed|denied, reason, rule, status, bytes}
+     sni, server_addr, decision: allowed|denied, reason, rule, status, bytes}
 
 The folder stays after the kernel ends; `awf-kernel logs` reads it.
+
+Hosts, SNI values and methods are chosen by the kernel, i.e. by hostile code.
+Every string in a record therefore passes `safe_text` as the record is made,
+and again wherever it is printed: what comes out of this module is printable
+ASCII only, so no log entry can print as two lines, move the cursor, recolour
+the terminal or pose as a hyperlink. A record's decision is the log's own
+verdict (Squid's status and bump step, the resolver's decision), never text
+the kernel chose; its reason and rule are worked out from the escaped host,
+so a look-alike or zero-width character never counts as the name it mimics.
+The kernel-side notice (kernel_side/awf_notice.py) cannot import this
+package and keeps its own copy of `safe_text`; a test checks they agree.
 """
 
 from __future__ import annotations
@@ -19,10 +30,49 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 
-from .policy import Policy, is_ip_literal, parse_domains
+from .errors import PolicyError
+from .naming import valid_kernel_id
+from .policy import Policy, is_ip_literal, normalize_host, parse_domain, parse_domains
 
 POLICY_FILE = "policy.json"
 PORT_OF_SQUID_PORT = {"3129": 80, "3130": 443}
+TEXT_FIELDS = ("kernel_id", "notebook", "host", "method", "sni", "server_addr", "reason", "rule")
+
+
+def safe_text(value) -> str:
+    """`value` as text that is safe to print on a terminal, in a log or in HTML
+    (after html.escape): printable ASCII (0x20-0x7e) stays, every other
+    character becomes a visible escape (`\\x1b`, `\\x0a`, `\\u202e`,
+    `\\U0001f600`), so an admin sees the attempt instead of its effect.
+
+    That covers C0/C1 controls and DEL (newlines, ANSI/OSC sequences, OSC 8
+    links), bidi overrides, zero-width characters and look-alike letters
+    (`pyp\\u0456.org` is not `pypi.org`). Idempotent: the output is printable
+    ASCII, so escaping twice changes nothing. Keep in step with the copy in
+    kernel_side/awf_notice.py.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if text.isascii() and text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def _safe_record(rec: dict) -> dict:
+    for key in TEXT_FIELDS:
+        if rec.get(key) is not None:
+            rec[key] = safe_text(rec[key])
+    return rec
 
 
 def _rotated(folder: pathlib.Path, name: str) -> list[pathlib.Path]:
@@ -33,11 +83,14 @@ def _rotated(folder: pathlib.Path, name: str) -> list[pathlib.Path]:
 
 def _lines(folder: pathlib.Path, name: str) -> Iterator[dict]:
     for path in _rotated(folder, name):
-        for line in path.read_text(errors="replace").splitlines():
+        # "\n" only: str.splitlines() would also split at \x1c-\x1e, \x85 and U+2028/9
+        for line in path.read_text(errors="replace").split("\n"):
             try:
-                yield json.loads(line)
+                obj = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(obj, dict):
+                yield obj
 
 
 def load_policy(folder: pathlib.Path) -> dict:
@@ -64,7 +117,18 @@ def _unq(value):
 
 
 def _int(value):
-    return int(value) if isinstance(value, (int, float)) or (isinstance(value, str) and value.isdigit()) else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value)
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None
+
+
+def _time(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def normalize_proxy(raw: dict, meta: dict, policy: Policy | None) -> dict | None:
@@ -72,7 +136,7 @@ def normalize_proxy(raw: dict, meta: dict, policy: Policy | None) -> dict | None
     if not host and not sni:
         return None
     method = _unq(raw.get("method")) or "-"
-    squid_status, status, bump = raw.get("squid_status", ""), raw.get("status", ""), _unq(raw.get("bump"))
+    squid_status, status, bump = str(raw.get("squid_status", "")), str(raw.get("status", "")), _unq(raw.get("bump"))
     port = PORT_OF_SQUID_PORT.get(str(raw.get("squid_port")))
     if port is None:
         if method == "CONNECT" and ":" in url:
@@ -80,26 +144,29 @@ def normalize_proxy(raw: dict, meta: dict, policy: Policy | None) -> dict | None
         else:
             port = 443 if url.startswith("https:") else 80
     name = sni if sni and (not host or is_ip_literal(host)) else host
+    # Squid's own verdict: its status code, its bump step, a 409 from host_verify_strict.
     denied = "DENIED" in squid_status or bump == "terminate" or status == "409"
     if not denied and method == "CONNECT" and bump == "splice" and status in ("0", "-"):
         return None  # the intercept port's first step; the spliced tunnel has its own line
     rec = {
-        "time": float(raw.get("time", 0)), "kernel_id": meta.get("kernel_id"), "notebook": meta.get("notebook"),
+        "time": _time(raw.get("time", 0)), "kernel_id": meta.get("kernel_id"), "notebook": meta.get("notebook"),
         "kind": "https" if (port == 443 or sni) else "http", "host": name, "port": port, "method": method,
-        "sni": sni, "decision": "denied" if denied else "allowed", "status": _int(status),
-        "bytes": _int(raw.get("bytes")) or 0,
+        "sni": sni, "server_addr": _unq(raw.get("server_addr")),
+        "decision": "denied" if denied else "allowed", "status": _int(status), "bytes": _int(raw.get("bytes")) or 0,
     }
-    return explain(rec, policy, host_mismatch=status == "409")
+    return explain(_safe_record(rec), policy, host_mismatch=status == "409")
 
 
 def normalize_dns(raw: dict, meta: dict, policy: Policy | None) -> dict:
     rec = {
-        "time": float(raw.get("time", 0)), "kernel_id": raw.get("kernel_id") or meta.get("kernel_id"),
+        "time": _time(raw.get("time", 0)), "kernel_id": raw.get("kernel_id") or meta.get("kernel_id"),
         "notebook": meta.get("notebook"), "kind": "dns", "host": raw.get("host"), "port": 53,
-        "method": f"DNS {raw.get('qtype')}", "sni": None, "decision": raw.get("decision"),
+        "method": f"DNS {_int(raw.get('qtype'))}", "sni": None, "server_addr": None,
+        # the resolver's own verdict; anything but a plain "allowed" counts as denied
+        "decision": "allowed" if raw.get("decision") == "allowed" else "denied",
         "status": None, "bytes": 0,
     }
-    return explain(rec, policy)
+    return explain(_safe_record(rec), policy)
 
 
 def explain(rec: dict, policy: Policy | None, host_mismatch: bool = False) -> dict:
@@ -119,6 +186,8 @@ def explain(rec: dict, policy: Policy | None, host_mismatch: bool = False) -> di
 
 def read_kernel(folder: pathlib.Path) -> list[dict]:
     meta = load_policy(folder)
+    if not isinstance(meta, dict):
+        meta = {}
     meta.setdefault("kernel_id", folder.name)
     policy = _policy_of(meta)
     out = [normalize_dns(r, meta, policy) for r in _lines(folder, "dns.jsonl")]
@@ -127,17 +196,31 @@ def read_kernel(folder: pathlib.Path) -> list[dict]:
     return out
 
 
+def _is_kernel_id(name: str) -> bool:
+    try:
+        valid_kernel_id(name)
+    except ValueError:
+        return False
+    return True
+
+
 def kernels(audit_dir: str) -> list[pathlib.Path]:
+    """The kernels' folders, oldest first. A folder whose name is not a kernel
+    id (`naming.valid_kernel_id`) is not one of ours and is skipped."""
     base = pathlib.Path(audit_dir)
     if not base.is_dir():
         return []
-    return sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    folders = (p for p in base.iterdir() if _is_kernel_id(p.name) and p.is_dir())
+    return sorted(folders, key=lambda p: p.stat().st_mtime)
 
 
 def find_kernel(audit_dir: str, kernel_id: str | None) -> pathlib.Path | None:
+    """The folder of a kernel by id or id prefix (the latest one without);
+    ValueError if `kernel_id` is not a kernel id or prefix."""
     folders = kernels(audit_dir)
     if kernel_id is None:
         return folders[-1] if folders else None
+    kernel_id = valid_kernel_id(kernel_id)
     matches = [f for f in folders if f.name.startswith(kernel_id)]
     return matches[-1] if matches else None
 
@@ -148,32 +231,87 @@ def records(audit_dir: str, kernel_id: str | None = None) -> list[dict]:
 
 
 def display_host(rec: dict) -> str:
-    return rec.get("host") or rec.get("sni") or "?"
+    """The host a record is about, safe to print (see `safe_text`)."""
+    return safe_text(rec.get("host") or rec.get("sni") or "?")
+
+
+INVALID_NAME = "not a valid host name (shown escaped)"
+
+
+def why_not_allowable(host: str) -> str | None:
+    """None if an allow_domains entry can allow `host`, else why not."""
+    if is_ip_literal(host):
+        return "an IP address: only names can be allowed"
+    if normalize_host(host) is None:
+        return INVALID_NAME
+    if allow_entry(host) is None:
+        return "a top-level domain or public suffix: name the registered domain"
+    return None
+
+
+def allow_entry(host: str) -> str | None:
+    """The allow_domains entry that allows exactly `host`, or None when no
+    entry can: raw IPs, names outside the host grammar (awf_kernel.policy),
+    public suffixes. Only this is ever suggested to paste into a notebook."""
+    if not isinstance(host, str) or is_ip_literal(host):
+        return None
+    name = normalize_host(host)
+    if name is None:
+        return None
+    try:
+        return str(parse_domain(name, "host"))
+    except PolicyError:
+        return None
 
 
 def format_record(rec: dict) -> str:
+    """One line per record, whatever the record holds."""
     import time as _time
 
-    when = _time.strftime("%H:%M:%S", _time.localtime(rec.get("time", 0)))
-    port = f":{rec['port']}" if rec.get("port") and rec.get("kind") != "dns" else ""
-    why = f" ({rec['reason']}{', rule ' + rec['rule'] if rec.get('rule') else ''})"
-    return (f"{when} {rec.get('decision', '?'):7} {rec.get('kind', ''):5} {rec.get('method', '')} "
-            f"{display_host(rec)}{port}{why}")
+    try:
+        when = _time.strftime("%H:%M:%S", _time.localtime(float(rec.get("time") or 0)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        when = "??:??:??"
+    port = f":{_int(rec['port'])}" if _int(rec.get("port")) and rec.get("kind") != "dns" else ""
+    why = f" ({safe_text(rec.get('reason'))}{', rule ' + safe_text(rec['rule']) if rec.get('rule') else ''})"
+    server = f" server_addr={safe_text(rec['server_addr'])}" if rec.get("server_addr") else ""
+    host = display_host(rec)
+    if host != "?" and not is_ip_literal(host) and normalize_host(host) is None:
+        host = f'"{host}" [{INVALID_NAME}]'
+    return (f"{when} {safe_text(rec.get('decision', '?')):7} {safe_text(rec.get('kind', '')):5} "
+            f"{safe_text(rec.get('method', ''))} {host}{port}{why}{server}")
 
 
 def summary(recs: list[dict]) -> dict:
-    """Per-host counts and the allow_domains a notebook would need."""
-    allowed = Counter(display_host(r) for r in recs if r["decision"] == "allowed")
-    denied = Counter(display_host(r) for r in recs if r["decision"] == "denied")
-    needed = sorted(h for h in set(allowed) | set(denied) if h != "?" and not is_ip_literal(h))
-    return {"allowed": dict(allowed), "denied": dict(denied), "allow_domains": needed}
+    """Per-host counts and the allow_domains a notebook would need.
+
+    Counted by the record's own decision and keyed by the escaped host, so a
+    host name cannot add rows, move counts to another host or suggest itself
+    as an allow_domains entry unless it is a valid one (`allow_entry`).
+    """
+    allowed: Counter = Counter()
+    denied: Counter = Counter()
+    for r in recs:
+        (allowed if r.get("decision") == "allowed" else denied)[display_host(r)] += 1
+    hosts = (set(allowed) | set(denied)) - {"?"}
+    needed = sorted({e for e in (allow_entry(h) for h in hosts) if e})
+    refused = {h: why for h in sorted(hosts) if (why := why_not_allowable(h))}
+    return {"allowed": dict(allowed), "denied": dict(denied), "allow_domains": needed, "not_allowable": refused}
 
 
 def format_summary(s: dict) -> str:
     lines = ["host                                     allowed  denied"]
+    refused = s.get("not_allowable", {})
     for host in sorted(set(s["allowed"]) | set(s["denied"])):
-        lines.append(f"{host:40} {s['allowed'].get(host, 0):7} {s['denied'].get(host, 0):7}")
+        shown = f'"{safe_text(host)}"' if refused.get(host) == INVALID_NAME else safe_text(host)
+        mark = f"  [{safe_text(refused[host])}]" if host in refused else ""
+        allowed, denied = (_int(s[k].get(host, 0)) or 0 for k in ("allowed", "denied"))
+        lines.append(f"{shown:40} {allowed:7} {denied:7}{mark}")
     lines.append("")
     lines.append("paste into the notebook's metadata to allow every host seen:")
     lines.append(json.dumps({"awf": {"allow_domains": s["allow_domains"]}}, indent=1))
+    if refused:
+        lines.append("")
+        lines.append("seen, but no allow_domains entry can allow them:")
+        lines += [f"  {safe_text(h)}: {safe_text(why)}" for h, why in refused.items()]
     return "\n".join(lines)

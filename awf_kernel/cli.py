@@ -64,22 +64,28 @@ def _audit_dir(args) -> str:
 
 def _logs(args) -> int:
     from . import audit
+    from .naming import valid_kernel_id
 
+    if args.kernel_id is not None:
+        try:
+            valid_kernel_id(args.kernel_id)
+        except ValueError as exc:
+            raise AWFError(str(exc), hint="`awf-kernel logs` with no id shows the latest kernel") from None
     audit_dir = _audit_dir(args)
     folder = audit.find_kernel(audit_dir, args.kernel_id)
     if folder is None:
         which = f"kernel {args.kernel_id}" if args.kernel_id else "any kernel"
-        raise AWFError(f"no audit trail for {which} in {audit_dir}",
+        raise AWFError(f"no audit trail for {which} in {audit.safe_text(audit_dir)}",
                        hint="start a kernel first; `ls` that folder lists the kernel ids")
     recs = audit.read_kernel(folder)
     if args.summary:
         s = audit.summary(recs)
-        print(json.dumps(s, indent=1) if args.json else audit.format_summary(s))
+        print(_json_line(s, indent=1) if args.json else audit.format_summary(s))
         return 0
 
     def emit(batch):
         for r in batch:
-            print(json.dumps(r, sort_keys=True) if args.json else audit.format_record(r), flush=True)
+            print(_json_line(r) if args.json else audit.format_record(r), flush=True)
 
     emit(recs)
     while args.follow:
@@ -88,6 +94,23 @@ def _logs(args) -> int:
         emit(now[len(recs):])
         recs = now
     return 0
+
+
+def _json_line(obj, indent=None) -> str:
+    """JSON whose strings are `audit.safe_text` already (so `jq -r` prints them
+    safely too); ensure_ascii keeps any other character out of the output."""
+    from .audit import safe_text
+
+    def clean(value):
+        if isinstance(value, str):
+            return safe_text(value)
+        if isinstance(value, dict):
+            return {safe_text(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(obj), sort_keys=True, indent=indent, ensure_ascii=True)
 
 
 def _check(args) -> int:

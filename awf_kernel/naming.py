@@ -6,6 +6,8 @@ labels, never by name, so a renamed container cannot escape collection.
 
 from __future__ import annotations
 
+import re
+
 LABEL_PREFIX = "io.awf-kernel"
 MANAGED = f"{LABEL_PREFIX}.managed"
 KERNEL_ID = f"{LABEL_PREFIX}.kernel-id"
@@ -13,6 +15,33 @@ ROLE = f"{LABEL_PREFIX}.role"
 SERVER = f"{LABEL_PREFIX}.server"
 
 ROLES = ("proxy", "firewall", "kernel", "ingress")
+
+MAX_KERNEL_ID = 64
+_KERNEL_ID = re.compile(r"[A-Za-z0-9-]{1,%d}" % MAX_KERNEL_ID)  # fullmatch: "$" would admit "\n"
+
+
+def valid_kernel_id(kernel_id: str) -> str:
+    """`kernel_id` unchanged if it is safe to join into a path, a label or a
+    name, else ValueError.
+
+    jupyter_client makes kernel ids with uuid4 ("4bfe02e6-..."); any 1-64
+    characters of [A-Za-z0-9-] are accepted (also a prefix typed by a user).
+    So "/", "..", ".", NUL, whitespace, empty and overlong ids never are.
+    """
+    if isinstance(kernel_id, str) and _KERNEL_ID.fullmatch(kernel_id):
+        return kernel_id
+    if not isinstance(kernel_id, str):
+        what = f"a {type(kernel_id).__name__}, not a string"
+    elif not kernel_id:
+        what = "empty"
+    elif len(kernel_id) > MAX_KERNEL_ID:
+        what = f"{len(kernel_id)} characters long"
+    else:
+        what = "not made of letters, digits and '-' only"
+    shown = repr(kernel_id)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    raise ValueError(f"invalid kernel id {shown}: {what} (a kernel id looks like "
+                     f"'4bfe02e6-1c2d-4e5f-8a9b-0c1d2e3f4a5b': 1-{MAX_KERNEL_ID} letters, digits and '-')")
 
 
 def labels(kernel_id: str, role: str, server: str = "") -> dict[str, str]:
