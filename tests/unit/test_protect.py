@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import re
+import subprocess
 
 import pytest
 from traitlets import TraitError
@@ -340,3 +341,64 @@ def test_home_dirs(monkeypatch, tmp_path):
     assert homes[0] == str(tmp_path) and len(homes) == len(set(homes))
     monkeypatch.setenv("HOME", str(tmp_path / "missing"))
     assert str(tmp_path / "missing") not in protect.home_dirs(kernel_uid=987654)
+
+
+# --- two kernels in one folder ------------------------------------------------------------
+
+def test_a_second_kernel_adopts_the_first_ones_placeholders(home, tmp_path):
+    """Removing a file that is a mountpoint in another kernel's namespace
+    detaches that mount: the kernel that stops first must leave placeholders
+    the other still relies on, and the last one removes them."""
+    h = str(home)
+    (home / ".ssh" / "id_rsa").unlink()
+    (home / ".ssh").rmdir()
+    temp = tmp_path / "temp"
+    first, second = temp / "awf-kernel-aaaaaaaa-protect-1", temp / "awf-kernel-bbbbbbbb-protect-2"
+    first.mkdir(parents=True)
+    second.mkdir()
+    a = run([Mount(h, h)], [home], first)
+    made = {p.path for p in a.placeholders}
+    assert f"{h}/.profile" in made and f"{h}/.ssh" in made
+    b = run([Mount(h, h)], [home], second)
+    assert {p.path for p in b.placeholders} == made  # adopted: .profile read-only, .ssh hidden
+    assert by_target(b)[f"{h}/.ssh"].source == f"{second}/empty-folder"
+    assert protect.remove_placeholders(a.placeholders, str(first)) == []
+    assert (home / ".profile").exists() and (home / ".ssh").is_dir()  # still used by the second
+    assert protect.remove_placeholders(b.placeholders, str(second)) == []
+    assert not (home / ".profile").exists() and not (home / ".ssh").exists()
+    assert protect.MANIFEST not in os.listdir(first) + os.listdir(second)
+
+
+def test_a_stale_list_does_not_keep_new_placeholders(home, tmp_path):
+    h = str(home)
+    temp = tmp_path / "temp"
+    dead, live = temp / "awf-kernel-dddddddd-protect-x", temp / "awf-kernel-eeeeeeee-protect-y"
+    dead.mkdir(parents=True)
+    live.mkdir()
+    a = run([Mount(h, h)], [home], dead)
+    protect.remove_placeholders(a.placeholders)  # gone, but the list stays behind
+    b = run([Mount(h, h)], [home], live)
+    # inode numbers are reused at once; the modification time tells them apart
+    assert protect.remove_placeholders(b.placeholders, str(live)) == []
+    assert not (home / ".profile").exists()
+
+
+def test_lists_of_dead_servers_are_ignored(home, tmp_path):
+    """A server killed hard leaves its placeholders and its list (until
+    `awf-kernel gc`): the next kernel there adopts them and removes them when
+    it stops; the dead list does not keep them alive."""
+    h = str(home)
+    temp = tmp_path / "temp"
+    dead, live = temp / "awf-kernel-dddddddd-protect-x", temp / "awf-kernel-eeeeeeee-protect-y"
+    dead.mkdir(parents=True)
+    live.mkdir()
+    run([Mount(h, h)], [home], dead)
+    child = subprocess.Popen(["true"])
+    child.wait()
+    doc = json.loads((dead / protect.MANIFEST).read_text())
+    doc["server"][1] = child.pid  # that server is gone
+    (dead / protect.MANIFEST).write_text(json.dumps(doc))
+    b = run([Mount(h, h)], [home], live)
+    assert f"{h}/.profile" in {p.path for p in b.placeholders}  # adopted from the dead kernel
+    assert protect.remove_placeholders(b.placeholders, str(live)) == []
+    assert not (home / ".profile").exists() and not (home / ".jupyter").exists()
