@@ -152,6 +152,7 @@ PLACEHOLDER_TEXT: dict[str, str] = {
 # Looking for symlinks inside read-only protected folders (a dotfile manager's
 # ~/.config/nvim -> ~/dotfiles/nvim) stops at this depth and entry count.
 _LINK_SCAN_DEPTH = 3
+_NO_LINK_SCAN = {"~/.cache/"}
 _LINK_SCAN_ENTRIES = 2000
 
 
@@ -452,13 +453,16 @@ def plan(mounts: Sequence[Mount], *, homes: Sequence[str],
     for rule in rules:
         take(rule)
 
-    # Symlinks inside read-only protected folders lead somewhere the kernel
-    # may be able to write: protect where they point too.
+    # Symlinks inside read-only protected folders (a dotfile manager's
+    # ~/.config/nvim -> ~/dotfiles/nvim) lead somewhere the kernel may be able
+    # to write: protect where they point too. Not in caches and installations,
+    # whose links are not configuration (and may point into a project).
     scanned: set[str] = set()
     for _ in range(4):
         new = False
         for it in _prune(items):
-            if it.kind != "ro" or not it.is_dir or it.path in scanned:
+            if (it.kind != "ro" or not it.is_dir or it.path in scanned or not it.rule.hold
+                    or it.rule.entry in _NO_LINK_SCAN):
                 continue
             scanned.add(it.path)
             for link in _scan_links(it.path):

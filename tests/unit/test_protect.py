@@ -247,6 +247,14 @@ def test_symlinks_inside_protected_folders_protect_their_targets(home, tmp_path,
     assert not (tmp_path / "outside" / "app").exists()  # never made outside the mount
 
 
+def test_links_in_caches_do_not_lock_projects(home, scratch):
+    h = str(home)
+    make(home, files=["work/project/main.py"], dirs=[".cache/tool"])
+    (home / ".cache/tool/last-project").symlink_to(home / "work/project")
+    mounts = by_target(run([Mount(h, h)], [home], scratch))
+    assert f"{h}/work/project" not in mounts and f"{h}/work" not in mounts
+
+
 def test_an_entry_reached_through_a_link_inside_a_protected_folder(home, scratch):
     """~/.config/gcloud -> ~/secrets/gcloud: the target is hidden."""
     h = str(home)
