@@ -16,7 +16,8 @@ from jupyter_client.manager import KernelManager
 from awf_kernel import kernelspec, naming
 from awf_kernel.images import IMAGES, build
 from tests.conftest import require_docker
-from tests.integration.testnet_fixtures import host_listener, testnet  # noqa: F401
+from tests.integration.testnet_fixtures import (  # noqa: F401
+    beyond_host, beyond_listener, host_listener, metadata_guard, testnet)
 
 ALLOW = ["allowed.test", "*.allowed.test", "other.test"]
 

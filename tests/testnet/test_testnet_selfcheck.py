@@ -77,6 +77,22 @@ print(json.dumps({"me": ME, "ips": {n: socket.gethostbyname(n) for n in names}})
             [{k: q.get(k) for k in ("name", "qtype", "src", "proto")} for q in queries], (name, queries)
 
 
+def test_allowed_names_pointing_inside_the_network(testnet):
+    """inside/gateway/dns/loopback/metadata.allowed.test: exact names beat the
+    *.allowed.test wildcard; dns.allowed.test is the server's own address,
+    which it learns from the query (Docker picks it at start)."""
+    mark = testnet.mark()
+    out = json.loads(testnet.run_client(ME + f"""
+print(json.dumps({{n: socket.gethostbyname(n) for n in {list(testnet.inside)!r}}}))
+"""))
+    assert out == {"inside.allowed.test": testnet.ips["canary.test"], "gateway.allowed.test": testnet.gateway,
+                   "dns.allowed.test": testnet.dns_ip, "loopback.allowed.test": "127.0.0.1",
+                   "metadata.allowed.test": tf.METADATA_IP}
+    assert dns_query(testnet.dns_ip, "dns.allowed.test", tcp=True)["a"] == [testnet.dns_ip]
+    assert {q["name"] for q in testnet.dns_queries(since=mark) if q["event"] == "query"} == set(out)
+    assert testnet.canary_hits(since=mark) == []
+
+
 def test_unknown_name_is_nxdomain_and_recorded(testnet):
     mark = testnet.mark()
     out = json.loads(testnet.run_client(ME + f"""

@@ -6,9 +6,15 @@ JSON line to stdout for everything that reaches it -- at accept time, before
 it reads a byte, so even a connection that sends nothing is on record -- and
 the tests read those lines back with `docker logs`.
 
-    dns    NAME=IP ...      authoritative DNS on UDP+TCP 53 (`*.NAME=IP` for wildcards)
+    dns    NAME=IP ...      authoritative DNS on UDP+TCP 53 (`*.NAME=IP` for wildcards;
+                            `NAME=self`: the address the query arrived at)
     web    NAME[,ALIAS...]  HTTP on 80 and 8080, HTTPS on 443 and 8443 (self-signed, SAN = names)
     canary                  many TCP and UDP ports; records and answers everything
+
+Environment: TESTNET_BIND (default 0.0.0.0) is the address every socket binds
+to, so several hosts can share one network namespace, each on its own address
+(the test host beyond the Docker host, tests/integration/testnet_fixtures.py);
+TESTNET_TLS_DIR (default /tmp/tls) is where a web host keeps its certificate.
 
 Stdlib only, and no name lookups of its own: nothing here may cause traffic the
 judges did not ask for.
@@ -30,6 +36,9 @@ import threading
 import time
 
 _lock = threading.Lock()
+BIND = os.environ.get("TESTNET_BIND", "0.0.0.0")
+TLS_DIR = os.environ.get("TESTNET_TLS_DIR", "/tmp/tls")
+SELF = "self"
 
 
 def emit(**event) -> None:
@@ -75,7 +84,7 @@ def parse_question(msg: bytes) -> tuple[str, int, int]:
     return ".".join(labels).lower(), qtype, pos + 4
 
 
-def dns_answer(table: dict[str, str], msg: bytes, src: str, proto: str) -> bytes | None:
+def dns_answer(table: dict[str, str], msg: bytes, src: str, proto: str, me=None) -> bytes | None:
     """Record the query, then answer it: A for known names, NODATA for their other
     types, NXDOMAIN for the rest. Unparseable junk is recorded and dropped."""
     try:
@@ -96,6 +105,7 @@ def dns_answer(table: dict[str, str], msg: bytes, src: str, proto: str) -> bytes
     else:
         rcode = NOERROR
         if qtype == 1:
+            ip = me() if ip == SELF else ip
             answers = struct.pack("!HHHIH", 0xC00C, 1, 1, 5, 4) + socket.inet_aton(ip)
     out_flags = 0x8000 | 0x0400 | (flags & 0x7900) | rcode  # QR, AA, opcode and RD echoed
     header = struct.pack("!HHHHHH", qid, out_flags, 1, 1 if answers else 0, 0, 0)
@@ -106,11 +116,21 @@ def serve_dns(entries: list[str]) -> None:
     table = {}
     for entry in entries:
         name, _, ip = entry.partition("=")
-        socket.inet_aton(ip)  # fail loudly on a bad table
+        if ip != SELF:
+            socket.inet_aton(ip)  # fail loudly on a bad table
         table[name.lower().rstrip(".")] = ip
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("0.0.0.0", 53))
+    udp.bind((BIND, 53))
     tcp = listen_tcp(53)
+
+    def my_address(peer: tuple[str, int]) -> str:
+        """The address a query to 0.0.0.0 arrived at: the one the kernel would
+        answer from (connect() on a UDP socket picks it and sends nothing)."""
+        if BIND != "0.0.0.0":
+            return BIND
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(peer)
+            return probe.getsockname()[0]
 
     def tcp_client(conn: socket.socket, src: str) -> None:
         conn.settimeout(5)
@@ -121,7 +141,7 @@ def serve_dns(entries: list[str]) -> None:
                     if not head:
                         return
                     msg = recv_exact(conn, struct.unpack("!H", head)[0])
-                    reply = dns_answer(table, msg, src, "tcp")
+                    reply = dns_answer(table, msg, src, "tcp", lambda: conn.getsockname()[0])
                     if reply:
                         conn.sendall(struct.pack("!H", len(reply)) + reply)
             except OSError:
@@ -135,7 +155,7 @@ def serve_dns(entries: list[str]) -> None:
         for key, _ in sel.select():
             if key.fileobj is udp:
                 msg, (src, port) = udp.recvfrom(4096)
-                reply = dns_answer(table, msg, src, "udp")
+                reply = dns_answer(table, msg, src, "udp", lambda: my_address((src, port)))
                 if reply:
                     udp.sendto(reply, (src, port))
             else:
@@ -157,7 +177,7 @@ def recv_exact(conn: socket.socket, n: int) -> bytes:
 def listen_tcp(port: int) -> socket.socket:
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
+    s.bind((BIND, port))
     s.listen(64)
     return s
 
@@ -166,8 +186,8 @@ def listen_tcp(port: int) -> socket.socket:
 
 def make_cert(names: list[str]) -> tuple[str, str]:
     """A fresh self-signed certificate whose SAN covers every name of this host."""
-    os.makedirs("/tmp/tls", exist_ok=True)
-    key, cert = "/tmp/tls/key.pem", "/tmp/tls/cert.pem"
+    os.makedirs(TLS_DIR, exist_ok=True)
+    key, cert = os.path.join(TLS_DIR, "key.pem"), os.path.join(TLS_DIR, "cert.pem")
     san = ",".join(f"DNS:{n}" for n in names)
     subprocess.run(["openssl", "req", "-x509", "-nodes", "-days", "7", "-newkey", "ec",
                     "-pkeyopt", "ec_paramgen_curve:prime256v1", "-subj", f"/CN={names[0]}",
@@ -210,7 +230,7 @@ class WebServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     def __init__(self, name: str, port: int, ctx: ssl.SSLContext | None):
         self.name, self.port, self.ctx, self.tls = name, port, ctx, ctx is not None
-        super().__init__(("0.0.0.0", port), Handler)
+        super().__init__((BIND, port), Handler)
 
     def server_bind(self):
         # HTTPServer.server_bind calls socket.getfqdn(): a DNS query nobody asked for.
@@ -291,7 +311,7 @@ def serve_canary() -> None:
         sel.register(listen_tcp(port), selectors.EVENT_READ, ("tcp", port))
     for port in CANARY_UDP:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("0.0.0.0", port))
+        s.bind((BIND, port))
         sel.register(s, selectors.EVENT_READ, ("udp", port))
     emit(event="ready", role="canary", tcp=CANARY_TCP, udp=CANARY_UDP)
     while True:
