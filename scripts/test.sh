@@ -7,15 +7,57 @@ cd "$(dirname "$0")/.."
 
 log() { echo "[awf-test] $*" >&2; }
 
-SAFETY_NET=(DOCKER-USER -i br-+ ! -o br-+ -m comment --comment awf-kernel-test-safety-net -j DROP)
+SAFETY_NET_CHAIN=AWF-TEST-SAFETY-NET
+SAFETY_NET_COMMENT=awf-kernel-test-safety-net
+SAFETY_NET_INPUTS=(docker0 br-+ awft+)
 
 safety_net() {
-  # Belt and braces while tests run: nothing from a user-defined bridge may be
-  # forwarded off this machine. The sandbox must hold without it; the tests'
-  # canary, not this rule, is what detects a leak. Removed again on exit, so a
-  # developer's other Docker networks work as before.
-  iptables -C "${SAFETY_NET[@]}" 2>/dev/null || iptables -I "${SAFETY_NET[@]}"
-  trap 'iptables -D "${SAFETY_NET[@]}" 2>/dev/null || true' EXIT
+  # Belt and braces while tests run: nothing from a Docker bridge (the default
+  # `docker0` or a user-defined `br-*`) may be forwarded off this machine. The
+  # one way out is the tests' own host beyond the Docker host (a network
+  # namespace behind an `awft*` veth, tests/integration/testnet_fixtures.py),
+  # and it may only answer. Bridge to same-kind bridge stays Docker's business.
+  # The sandbox must hold without this; the tests' canary, not this rule, is
+  # what detects a leak. Removed again on exit, so a developer's Docker
+  # networks (and image builds) work as before.
+  local chain=$SAFETY_NET_CHAIN dev
+  safety_net_off() {
+    local dev
+    for dev in "${SAFETY_NET_INPUTS[@]}"; do
+      while iptables -w -D DOCKER-USER -i "$dev" -m comment --comment "$SAFETY_NET_COMMENT" \
+          -j "$SAFETY_NET_CHAIN" 2>/dev/null; do :; done
+    done
+    # The single rule of earlier versions, if a crashed run left it behind.
+    while iptables -w -D DOCKER-USER -i br-+ ! -o br-+ -m comment --comment "$SAFETY_NET_COMMENT" \
+        -j DROP 2>/dev/null; do :; done
+    iptables -w -F "$SAFETY_NET_CHAIN" 2>/dev/null || true
+    iptables -w -X "$SAFETY_NET_CHAIN" 2>/dev/null || true
+  }
+  # Another run on this machine (its shell still alive) put it up: leave it to
+  # that run. Otherwise what is there is a crashed run's leftover: replace it.
+  local owner
+  owner=$(iptables -w -S "$chain" 2>/dev/null | sed -n 's/.*safety-net pid=\([0-9][0-9]*\).*/\1/p' | head -1 || true)
+  if [[ -n "$owner" && "$owner" != "$$" ]] && kill -0 "$owner" 2>/dev/null; then
+    log "safety net already up (test run $owner); leaving it to that run"
+    return
+  fi
+  # Images tests build mid-session need the Debian mirror through docker0:
+  # build them now, while it can still be reached.
+  python3 -c 'from tests.integration.testnet_fixtures import prebuild_images; prebuild_images()'
+  safety_net_off
+  trap safety_net_off EXIT
+  trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM  # so EXIT runs on these too
+  iptables -w -N "$chain"
+  iptables -w -A "$chain" -i br-+ -o br-+ -j RETURN
+  iptables -w -A "$chain" -i docker0 -o docker0 -j RETURN
+  iptables -w -A "$chain" -i br-+ -o awft+ -j RETURN
+  iptables -w -A "$chain" -i docker0 -o awft+ -j RETURN
+  iptables -w -A "$chain" -i awft+ -o br-+ -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+  iptables -w -A "$chain" -i awft+ -o docker0 -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+  iptables -w -A "$chain" -m comment --comment "$SAFETY_NET_COMMENT pid=$$" -j DROP
+  for dev in "${SAFETY_NET_INPUTS[@]}"; do
+    iptables -w -I DOCKER-USER -i "$dev" -m comment --comment "$SAFETY_NET_COMMENT" -j "$chain"
+  done
 }
 
 main() {
