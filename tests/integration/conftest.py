@@ -50,8 +50,17 @@ def spec_dir(tmp_path_factory, testnet, awf_images):
         "egress_network": testnet.network,
         "dns_servers": [testnet.dns_ip],
         "startup_timeout": 60.0,
+        # The test internet lives on a private Docker network: its web hosts
+        # are opted in one by one, as an admin opts in an intranet site. The
+        # canary, the DNS server and the Docker host stay out of reach.
+        "allow_private_destinations": web_host_ranges(testnet),
     })
     return prefix / "share" / "jupyter" / "kernels"
+
+
+def web_host_ranges(net) -> list[str]:
+    from tests.integration.testnet_fixtures import WEB_HOSTS
+    return [f"{net.ips[host]}/32" for host in WEB_HOSTS]
 
 
 @pytest.fixture
