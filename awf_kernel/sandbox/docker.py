@@ -78,6 +78,35 @@ def egress_network(name: str) -> EgressNetwork:
     return EgressNetwork(name, internal, subnets, tuple(gateways))
 
 
+def parse_local_addresses(fib_trie: str) -> list[str]:
+    """The IPv4 addresses a host owns, from Linux's /proc/net/fib_trie (the
+    `/32 host LOCAL` entries): every one of them is the Docker host itself."""
+    out, last = [], None
+    for line in fib_trie.splitlines():
+        text = line.strip()
+        if text.startswith("|-- "):
+            last = text[4:]
+        elif text == "/32 host LOCAL" and last and not last.startswith("127."):
+            out.append(last)
+    return sorted(set(out))
+
+
+def engine_host_addresses() -> list[str]:
+    """The Docker host's own addresses, when the engine runs on this machine
+    (a unix socket). A pod must never reach them, whatever a name resolves to
+    and whatever range the admin opted in: the host is not an intranet site.
+    A remote engine's host (DOCKER_HOST=tcp://..., a Desktop VM) is known only
+    by its gateways on the pod's networks."""
+    base = getattr(client().api, "base_url", "") or ""
+    if "docker.sock" not in base and not base.startswith(("http+docker://localhost", "unix:")):
+        return []
+    try:
+        with open("/proc/net/fib_trie") as f:
+            return parse_local_addresses(f.read())
+    except OSError:
+        return []
+
+
 def require_image(name: str, setting: str) -> None:
     try:
         client().images.get(name)
@@ -159,7 +188,8 @@ def _create_pod(settings, egress, files, rules, startup_timeout) -> Pod:
     out = _endpoint(proxy, egress.name)
     inbound = _endpoint(proxy, ingress or egress.name)
     default_gw = route_out(egress, out)
-    host_addresses = sorted({*egress.host_addresses, *(g for g in (out.gateway, inbound.gateway) if g)})
+    host_addresses = sorted({*egress.host_addresses, *engine_host_addresses(),
+                             *(g for g in (out.gateway, inbound.gateway) if g)})
     env = {
         "AWF_IPV4_RULES": firewall.render_ipv4_rules(**rules, server_address=inbound.gateway,
                                                      host_addresses=host_addresses),

@@ -201,3 +201,26 @@ def test_route_out_comes_from_the_endpoint_and_fails_loudly():
     with pytest.raises(SandboxStartError, match="no gateway") as err:
         route_out(bridge, Endpoint("172.17.0.2", None))
     assert "docker network inspect bridge" in str(err.value)
+
+
+def test_the_docker_hosts_own_addresses_come_from_fib_trie():
+    from awf_kernel.sandbox.docker import parse_local_addresses
+
+    trie = """Main:
+  +-- 0.0.0.0/0 3 0 4
+     +-- 127.0.0.0/8 2 0 2
+           |-- 127.0.0.1
+              /32 host LOCAL
+        |-- 172.17.0.0
+           /16 link UNICAST
+        |-- 172.17.0.1
+           /32 host LOCAL
+        |-- 172.17.255.255
+           /32 link BROADCAST
+        |-- 203.0.113.7
+           /32 host LOCAL
+Local:
+        |-- 172.17.0.1
+           /32 host LOCAL
+"""
+    assert parse_local_addresses(trie) == ["172.17.0.1", "203.0.113.7"]
