@@ -31,6 +31,7 @@ check_config() {
 
 start_resolver() {
   python3 /usr/local/lib/awf/resolver.py "$CONF_DIR/resolver.json" &
+  RESOLVER_PID=$!
 }
 
 rotate_access_log() {
@@ -46,7 +47,22 @@ run_squid() {
   squid -k parse -f "$CONF_DIR/squid.conf" 2>/tmp/squid-parse.log || {
     cat /tmp/squid-parse.log >&2; log "squid.conf does not parse"; exit 65; }
   log "starting squid"
-  exec squid -N -f "$CONF_DIR/squid.conf"
+  squid -N -f "$CONF_DIR/squid.conf" &
+  SQUID_PID=$!
+}
+
+supervise() {
+  # The resolver and Squid live and die together. If either ended while the
+  # other ran on, its port would be free in a namespace the kernel shares: the
+  # kernel could bind 5353 and answer Squid's lookups, or take an intercept
+  # port. So the first to exit takes the whole proxy down (and with it every
+  # way out); the provisioner then reports the kernel dead.
+  trap 'kill -TERM "$RESOLVER_PID" "$SQUID_PID" 2>/dev/null; exit 0' TERM INT
+  local code=0
+  wait -n "$RESOLVER_PID" "$SQUID_PID" || code=$?
+  log "resolver or squid exited ($code); stopping the proxy"
+  kill -KILL "$RESOLVER_PID" "$SQUID_PID" 2>/dev/null || true
+  exit 70
 }
 
 main() {
@@ -55,6 +71,7 @@ main() {
   start_resolver
   rotate_access_log &
   run_squid
+  supervise
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi

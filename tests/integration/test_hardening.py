@@ -345,3 +345,26 @@ def test_kernel_cannot_fill_the_hosts_disk(start_kernel, docker_client):
     conn_dir = os.path.dirname([m["Source"] for m in kernel_c.attrs["Mounts"]
                                 if m["Destination"] == "/awf/connection/kernel.json"][0])
     assert os.listdir(conn_dir) == ["kernel.json"]
+
+
+def test_proxy_ends_when_its_resolver_dies(start_kernel, docker_client):
+    """Were the resolver to die (OOM, a crash) while Squid ran on, port 5353
+    would be free in the namespace the kernel shares: it could answer Squid's
+    lookups. The proxy ends with it instead, and the kernel is reported dead."""
+    k = start_kernel(policy={"allow_domains": ALLOW})
+    proxy = _pod(docker_client, k.kernel_id, "proxy")
+    killed = proxy.exec_run(["python3", "-c", (
+        "import os, signal\n"
+        "for p in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    if b'resolver.py' in open(f'/proc/{p}/cmdline', 'rb').read() and int(p) != os.getpid():\n"
+        "        os.kill(int(p), signal.SIGKILL); print(p)\n")], user="proxy")
+    assert killed.exit_code == 0 and killed.output.strip(), killed
+    deadline = time.monotonic() + 20
+    while proxy.status == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        proxy.reload()
+    assert proxy.status != "running", proxy.logs(tail=5)
+    deadline = time.monotonic() + 10
+    while k.km.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not k.km.is_alive()
