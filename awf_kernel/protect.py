@@ -703,3 +703,16 @@ def _remove_untouched(placeholders: Iterable[Placeholder]) -> list[str]:
             pass
         kept.append(p.path)
     return kept
+
+
+def release_scratch(scratch_dir: str) -> list[str]:
+    """For `gc`: a dead kernel's scratch folder still lists the placeholders it
+    made on the host; remove those that are untouched and not used by a
+    running kernel. Returns the paths removed."""
+    try:
+        with open(os.path.join(scratch_dir, MANIFEST)) as f:
+            records = [Placeholder(**r) for r in json.load(f)["placeholders"]]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+    kept = set(remove_placeholders(records, scratch_dir))
+    return [r.path for r in records if r.path not in kept and not os.path.lexists(r.path)]

@@ -8,7 +8,7 @@ import shutil
 import socket
 import tempfile
 
-from .. import naming
+from .. import naming, protect
 from .docker import client, remove_pod
 
 
@@ -72,15 +72,7 @@ def collect(everything: bool = False, dry_run: bool = False) -> list[str]:
     for d in stale_connection_dirs():
         removed.append(f"folder {d}")
         if not dry_run:
+            # placeholders a crashed server left in the user's folders
+            removed.extend(f"placeholder {p}" for p in protect.release_scratch(str(d)))
             shutil.rmtree(d, ignore_errors=True)
     return removed
-
-
-def count_resources() -> dict[str, int]:
-    c = client()
-    return {
-        "containers": len(c.containers.list(all=True, filters=naming.kernel_filter())),
-        "networks": len(c.networks.list(filters=naming.kernel_filter())),
-    }
-
-

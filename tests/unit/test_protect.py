@@ -410,3 +410,25 @@ def test_lists_of_dead_servers_are_ignored(home, tmp_path):
     assert f"{h}/.profile" in {p.path for p in b.placeholders}  # adopted from the dead kernel
     assert protect.remove_placeholders(b.placeholders, str(live)) == []
     assert not (home / ".profile").exists() and not (home / ".jupyter").exists()
+
+
+def test_gc_releases_placeholders_a_crashed_server_left(tmp_path):
+    """A server killed hard leaves its scratch folder listing the placeholders
+    it made; `gc` removes the untouched ones and keeps one the user changed."""
+    import dataclasses
+    import json
+
+    from awf_kernel import protect
+
+    home = tmp_path / "home"
+    home.mkdir()
+    untouched = protect.make_placeholder(str(home / ".profile"), is_dir=False)
+    changed = protect.make_placeholder(str(home / ".ssh"), is_dir=True)
+    (home / ".ssh" / "id_ed25519").write_text("the user's key, made while the kernel ran")
+    scratch = tmp_path / "awf-kernel-deadbeef-protect-x"
+    scratch.mkdir()
+    (scratch / protect.MANIFEST).write_text(json.dumps({
+        "server": ["elsewhere", 1],
+        "placeholders": [dataclasses.asdict(untouched), dataclasses.asdict(changed)]}))
+    assert protect.release_scratch(str(scratch)) == [str(home / ".profile")]
+    assert not (home / ".profile").exists() and (home / ".ssh" / "id_ed25519").exists()
