@@ -45,6 +45,28 @@ _FORBIDDEN_WORKDIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/
                        "/run", "/sbin", "/sys", "/usr", "/var", "/var/run", "/var/lib/docker"}
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _identities(paths) -> dict[str, tuple[int, int] | None]:
+    return {p: _identity(p) for p in paths if p}
+
+
+def _host_path(target: str, mounts) -> str | None:
+    """Where a path the kernel sees lives on the host, through the mount that holds it."""
+    best = None
+    for m in mounts:
+        if target == m.target or target.startswith(m.target.rstrip("/") + "/"):
+            if best is None or len(m.target) > len(best.target):
+                best = m
+    return None if best is None else best.source + target[len(best.target):]
+
+
 class AWFProvisioner(KernelProvisionerBase):
     """Runs the kernel in a Docker pod whose only way out is a filtering proxy.
 
@@ -297,6 +319,7 @@ class AWFProvisioner(KernelProvisionerBase):
         return tuple(out + self._protection(out))
 
     _placeholders: list = []           # protect.Placeholder made on the host for this pod
+    _watched: dict = {}                # host path -> (device, inode) of every protected path
     _protect_dir: str | None = None    # holds the empty folder/file mounted over hidden paths
 
     def _protection(self, mounts: list[podspec.Mount]) -> list[podspec.Mount]:
@@ -320,6 +343,7 @@ class AWFProvisioner(KernelProvisionerBase):
                 "open the notebook from another folder (a project subfolder rather than your home), "
                 "or replace the symlink with a copy, or change AWFProvisioner.extra_mounts")) from None
         self._placeholders = result.placeholders
+        self._watched = _identities(_host_path(m.target, every) for m in result.mounts)
         for warning in result.warnings:
             self.log.warning("awf-kernel %s: %s", self.kernel_id, warning)
         if result.placeholders:
@@ -336,6 +360,7 @@ class AWFProvisioner(KernelProvisionerBase):
             self.log.warning("awf-kernel %s: left in place (changed on the host while the kernel ran): %s",
                              self.kernel_id, ", ".join(kept))
         self._placeholders = []
+        self._watched = {}
         if self._protect_dir:
             shutil.rmtree(self._protect_dir, ignore_errors=True)
             self._protect_dir = None
@@ -437,8 +462,25 @@ class AWFProvisioner(KernelProvisionerBase):
         """Called from `KernelManager.is_alive`: None while the kernel runs."""
         if self.pod is None:
             return 0
+        if self._protection_broken():
+            await self._docker(sandbox.signal_container, self.pod.kernel_id_container, signal.SIGKILL)
+            return -1
         running, code = await self._docker(sandbox.pod_state, self.pod)
         return None if running else (code if code is not None else -1)
+
+    def _protection_broken(self) -> bool:
+        """A protected path replaced on the host (an editor saving by rename,
+        `mv x ~/.bashrc`) takes the kernel's read-only mount over it away with
+        the old file: from then on the kernel could write or read it. Such a
+        kernel is stopped and reported dead; a restart protects the new file."""
+        for path, ident in self._watched.items():
+            if _identity(path) != ident:
+                self.log.error("awf-kernel %s: %s was replaced on the host while the kernel ran; its "
+                               "protection no longer holds, so the kernel is stopped (restart it)",
+                               self.kernel_id, path)
+                self._watched = {}
+                return True
+        return False
 
     async def wait(self) -> int | None:
         ret = 0

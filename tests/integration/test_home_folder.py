@@ -322,3 +322,22 @@ def test_two_kernels_in_one_folder_share_placeholders(home, start_kernel):
     after = _snapshot(home)
     assert sorted(p for p in set(after) - set(before) if not p.startswith(".local/share/jupyter/awf-kernel")) == []
     assert all(after[p] == before[p] for p in before)
+
+
+def test_a_protected_file_replaced_on_the_host_stops_the_kernel(home, start_kernel):
+    """An editor that saves ~/.bashrc by rename takes the kernel's read-only
+    mount over it away with the old file. The kernel must not get to write
+    the new one: it is stopped and reported dead at once."""
+    import time
+
+    k = start_kernel(policy={}, cwd=str(home))
+    assert k.km.is_alive()
+    new = home / ".bashrc.new"
+    new.write_text("# edited by the user\n")
+    _own(new)
+    os.replace(new, home / ".bashrc")  # what vim's and many editors' save does
+    deadline = time.monotonic() + 10
+    while k.km.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not k.km.is_alive()
+    assert (home / ".bashrc").read_text() == "# edited by the user\n"
