@@ -86,7 +86,9 @@ def main() -> int:
     args = ap.parse_args()
     client = docker.from_env()
     with running_testnet() as net, tempfile.TemporaryDirectory() as prefix:
-        kernelspec.install(prefix=prefix, settings={"egress_network": net.network, "dns_servers": [net.dns_ip]})
+        # The test internet is a private Docker network: opt its web host in, as an admin opts in an intranet site.
+        kernelspec.install(prefix=prefix, settings={"egress_network": net.network, "dns_servers": [net.dns_ip],
+                                                    "allow_private_destinations": [f"{net.ips['allowed.test']}/32"]})
         ksm = KernelSpecManager(kernel_dirs=[f"{prefix}/share/jupyter/kernels"] + KernelSpecManager().kernel_dirs)
         policy = {"LANG": "C.UTF-8", "AWF_POLICY": json.dumps({"allow_domains": ["allowed.test"]})}
         results: dict[str, dict[str, list[float]]] = {"local": {}, "awf": {}}
