@@ -28,7 +28,7 @@ from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
 
-from . import __version__, addresses, policy_source
+from . import __version__, addresses, naming, policy_source
 from . import protect
 from .errors import SandboxStartError
 from .policy import Policy, parse_domains, resolve_policy
@@ -222,6 +222,10 @@ class AWFProvisioner(KernelProvisionerBase):
         """Called from `KernelManager.pre_start_kernel` at every start and
         restart: re-reads the policy, so edited metadata applies on restart.
         Does not call super(): the base starts from the server's environment."""
+        try:
+            naming.valid_kernel_id(self.kernel_id)  # joined into folders, names and labels below
+        except ValueError as exc:
+            raise SandboxStartError(str(exc), hint="let jupyter_client choose the kernel id") from None
         km = self.parent
         launcher_env = dict(kwargs.pop("env", os.environ))  # what the launcher gave, even if empty
         kwargs.pop("transport_encryption", None)

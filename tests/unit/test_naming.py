@@ -44,3 +44,16 @@ def test_invalid_kernel_ids_are_refused_clearly(kernel_id):
     message = str(info.value)
     assert message.startswith("invalid kernel id ") and "letters, digits and '-'" in message
     assert message.isprintable() and len(message) < 300
+
+
+def test_provisioner_refuses_a_kernel_id_that_would_escape_its_folders():
+    import asyncio
+
+    import pytest
+
+    from awf_kernel.errors import SandboxStartError
+    from awf_kernel.provisioner import AWFProvisioner
+
+    prov = AWFProvisioner(kernel_id="../../etc", connection_info={})
+    with pytest.raises(SandboxStartError, match="invalid kernel id"):
+        asyncio.run(prov.pre_launch(env={}))
