@@ -50,7 +50,7 @@ def check(notebook: str, target: str, kernel_name: str) -> tuple[bool, str]:
     env = {policy_source.SESSION_ENV: os.path.abspath(notebook)}
     if os.environ.get(policy_source.POLICY_ENV):
         env[policy_source.POLICY_ENV] = os.environ[policy_source.POLICY_ENV]
-    policy = prov.resolve_policy(env)
+    policy = prov.resolve_policy(env).policy
     if port not in ports.WEB_PORTS:
         return False, f"denied: {host}:{port} (rule: only ports 80 and 443 ever leave the sandbox)"
     decision = policy.decide(host)

@@ -12,13 +12,13 @@ from .errors import AWFError
 
 
 def _install(args) -> int:
-    from .kernelspec import install, parse_setting
+    from .kernelspec import display_name_for, install, parse_setting
 
     settings = dict(parse_setting(s) for s in args.set or [])
     prefix = sys.prefix if args.sys_prefix else args.prefix
-    path = install(user=args.user, prefix=prefix, name=args.name, display_name=args.display_name,
-                   settings=settings)
-    print(f"Installed kernel spec {args.name} ({args.display_name}) in {path}")
+    display_name = args.display_name or display_name_for(args.name)
+    path = install(user=args.user, prefix=prefix, name=args.name, display_name=display_name, settings=settings)
+    print(f"Installed kernel spec {args.name} ({display_name}) in {path}")
     return 0
 
 
@@ -160,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--user", action="store_true", help="install for the current user")
     where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix (a venv/conda env)")
     where.add_argument("--prefix", metavar="DIR", help="install under DIR/share/jupyter/kernels")
-    s.add_argument("--name", default=KERNEL_NAME)
-    s.add_argument("--display-name", default=DISPLAY_NAME)
+    s.add_argument("--name", default=KERNEL_NAME, help=f"kernel spec name (default: {KERNEL_NAME})")
+    s.add_argument("--display-name", help=f"name shown in the kernel picker (default: {DISPLAY_NAME!r}, "
+                                          "or 'Python (AWF sandboxed: NAME)' with --name NAME)")
     s.add_argument("--set", action="append", metavar="SETTING=VALUE",
                    help="store a provisioner setting in the spec (JSON or comma-separated lists), repeatable")
     s.set_defaults(func=_install)

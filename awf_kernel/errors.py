@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from traitlets import TraitError
+
 
 class AWFError(Exception):
     hint: str | None = None
@@ -25,6 +27,12 @@ class PolicyError(AWFError):
 
 class CeilingError(PolicyError):
     """A notebook asked for more than the admin's domain_ceiling permits."""
+
+
+class InvalidSetting(AWFError, TraitError):
+    """A provisioner setting refused when it is set (server config, kernel
+    spec, `awf-kernel install --set`): a TraitError to traitlets, so config
+    loading reports it as any other bad value."""
 
 
 # --- sandbox ------------------------------------------------------------------

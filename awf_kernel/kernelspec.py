@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import sys
@@ -12,8 +11,6 @@ from jupyter_client.kernelspec import KernelSpecManager
 from traitlets import List, TraitError, Unicode
 
 from .errors import AWFError
-from .policy import parse_domains
-from .protect import check_entries
 
 KERNEL_NAME = "awf-python"
 DISPLAY_NAME = "Python (AWF sandboxed)"
@@ -25,7 +22,8 @@ class SettingError(AWFError):
 
 
 def parse_setting(assignment: str) -> tuple[str, object]:
-    """`NAME=VALUE` -> (name, value) checked against the provisioner's traits.
+    """`NAME=VALUE` -> (name, value), checked by the provisioner's own traits
+    and validators, exactly as the server will check it when it loads the spec.
     VALUE is JSON when it parses as JSON; a list setting also takes a
     comma-separated string (`allow_domains=a.com,b.org`)."""
     from .provisioner import AWFProvisioner
@@ -47,29 +45,19 @@ def parse_setting(assignment: str) -> tuple[str, object]:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(trait, Unicode):
         value = raw
     try:
-        value = trait.validate(AWFProvisioner(), value)
+        provisioner = AWFProvisioner(**{name: value})
     except TraitError as exc:
-        raise SettingError(f"--set {assignment!r}: {exc}", hint=f"see `awf-kernel install --help` for {name}") from None
-    _check_meaning(name, value)
-    return name, value
+        message = exc.message if isinstance(exc, AWFError) else str(exc)
+        raise SettingError(f"--set {assignment!r}: {message}",
+                           hint=getattr(exc, "hint", None) or f"see `awf-kernel install --help` for {name}") from None
+    return name, getattr(provisioner, name)
 
 
-def _check_meaning(name: str, value) -> None:
-    """Refuse now what would otherwise only fail at every kernel start."""
-    if name in ("allow_domains", "block_domains", "domain_ceiling") and value is not None:
-        parse_domains(value, f"--set {name}")
-    if name in ("deny_write", "deny_read"):
-        try:
-            check_entries(value, f"--set {name}")
-        except ValueError as exc:
-            raise SettingError(str(exc), hint=f"e.g. {name}=~/projects/secret,/srv/shared/keys/") from None
-    if name == "dns_servers":
-        for server in value:
-            try:
-                ipaddress.ip_address(server)
-            except ValueError:
-                raise SettingError(f"--set dns_servers: {server!r} is not an IP address",
-                                   hint="give resolver addresses, e.g. dns_servers=10.0.0.2,10.0.0.3") from None
+def display_name_for(name: str) -> str:
+    """The picker's label for a spec installed as `name`: the default spec keeps
+    the documented "Python (AWF sandboxed)"; any other name is shown in it, so
+    several specs (say, one per admin policy) are told apart in JupyterLab."""
+    return DISPLAY_NAME if name == KERNEL_NAME else f"Python (AWF sandboxed: {name})"
 
 
 def make_spec(display_name: str = DISPLAY_NAME, settings: dict | None = None) -> dict:

@@ -31,7 +31,6 @@ _NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 # IDNA 2003 (Python's codec) maps these away ("ß" -> "ss") where IDNA 2008
 # (browsers, requests) keeps them: the two would name different domains.
 _IDNA_DEVIATIONS = frozenset("\u00df\u03c2\u200c\u200d")
-_SCOPES = ("exact", "subdomains", "both")
 
 
 @dataclass(frozen=True)
@@ -194,6 +193,15 @@ class PolicyRequest:
     block: tuple[DomainRule, ...] = ()
     mode: str | None = None
     source: str = ""
+    # The lists as the notebook wrote them (presets unexpanded): what a
+    # suggestion to allow one more host extends, so pasting it keeps the rest.
+    allow_written: tuple[str, ...] = ()
+    block_written: tuple[str, ...] = ()
+
+    def written(self) -> dict:
+        """The request's lists as written, and where it came from (policy.json's `request`)."""
+        return {"allow_domains": list(self.allow_written), "block_domains": list(self.block_written),
+                "source": self.source}
 
 
 def parse_request(obj: Any, source: str) -> PolicyRequest:
@@ -207,12 +215,11 @@ def parse_request(obj: Any, source: str) -> PolicyRequest:
     mode = obj.get("mode")
     if mode is not None and mode not in MODES:
         raise PolicyError(f"{source}.mode: {mode!r} is not one of {', '.join(MODES)}")
-    return PolicyRequest(
-        allow=parse_domains(obj.get("allow_domains"), f"{source}.allow_domains"),
-        block=parse_domains(obj.get("block_domains"), f"{source}.block_domains"),
-        mode=mode,
-        source=source,
-    )
+    allow = parse_domains(obj.get("allow_domains"), f"{source}.allow_domains")
+    block = parse_domains(obj.get("block_domains"), f"{source}.block_domains")
+    return PolicyRequest(allow=allow, block=block, mode=mode, source=source,
+                         allow_written=tuple(obj.get("allow_domains") or ()),
+                         block_written=tuple(obj.get("block_domains") or ()))
 
 
 def parse_request_json(text: str, source: str) -> PolicyRequest:

@@ -15,23 +15,26 @@ import ipaddress
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
 import string
 import tempfile
 import time
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
 from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_core.paths import jupyter_data_dir
-from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Float, Int, List, Unicode, default, validate
 
 from . import __version__, addresses, naming, policy_source
 from . import protect
-from .errors import SandboxStartError
-from .policy import Policy, parse_domains, resolve_policy
+from .errors import InvalidSetting, PolicyError, SandboxStartError
+from .policy import DomainRule, Policy, PolicyRequest, parse_domains, resolve_policy
 from .render import pod as podspec, ports
 from .render.resolver import render_resolver_config
 from .render.squid import render_squid_conf
@@ -39,6 +42,8 @@ from .sandbox import docker as sandbox
 
 ADDONS_DIR = pathlib.Path(__file__).parent / "kernel_side"
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
+# A size both Docker's mem_limit and a tmpfs `size=` read alike: bytes, or a number and k/m/g.
+_DOCKER_SIZE = re.compile(r"[0-9]+[kmgKMG]?")
 # Host directories that must never be shared into a kernel as its working
 # directory: mounting them would hand the kernel the Docker socket or the host.
 _FORBIDDEN_WORKDIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/root/.docker",
@@ -65,6 +70,33 @@ def _host_path(target: str, mounts) -> str | None:
             if best is None or len(m.target) > len(best.target):
                 best = m
     return None if best is None else best.source + target[len(best.target):]
+
+
+class ResolvedPolicy(NamedTuple):
+    """`AWFProvisioner.resolve_policy`'s answer: the effective policy and what it was made from."""
+
+    policy: Policy
+    ceiling: tuple[DomainRule, ...] | None  # the admin's domain_ceiling; None = no ceiling
+    request: PolicyRequest | None           # the notebook's (or AWF_POLICY's) request; None = none
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What one start of the kernel will be, decided in `pre_launch` (at every
+    start and restart) and carried out by `launch_kernel`. Pure data: tests
+    compare it whole; nothing here has touched the host or Docker yet."""
+
+    policy: Policy
+    ceiling: tuple[DomainRule, ...] | None
+    request: PolicyRequest | None
+    egress: sandbox.EgressNetwork
+    env: Mapping[str, str]          # the kernel's environment from the allowlist, never the server's
+    workdir: str | None             # the notebook's folder, mounted read-write at the same path
+    notebook: str | None            # the notebook file, mounted read-only over it
+    uid: int
+    gid: int
+    mounts: tuple[podspec.Mount, ...]  # the notebook file and extra_mounts (protection is added at launch)
+    cmd: tuple[str, ...]
 
 
 class AWFProvisioner(KernelProvisionerBase):
@@ -116,14 +148,6 @@ class AWFProvisioner(KernelProvisionerBase):
         resolver and the pod's rules). Loopback and link-local (cloud
         metadata) cannot be opted in.""")
 
-    @validate("allow_private_destinations")
-    def _valid_private_destinations(self, proposal):
-        try:
-            addresses.parse_private_destinations(proposal["value"])
-        except addresses.DestinationError as exc:
-            raise TraitError(str(exc)) from None
-        return proposal["value"]
-
     # --- kernel container ------------------------------------------------------
     kernel_uid = Int(None, allow_none=True, config=True, help="""
         uid the kernel runs as. Default: the Jupyter server's uid, or 1000 when
@@ -154,13 +178,6 @@ class AWFProvisioner(KernelProvisionerBase):
         Jupyter's runtime folder ...). The kernel sees an empty folder or file
         there. Same syntax as `deny_write`.""")
 
-    @validate("deny_write", "deny_read")
-    def _valid_deny_entries(self, proposal):
-        try:
-            return protect.check_entries(proposal["value"], proposal["trait"].name)
-        except ValueError as exc:
-            raise TraitError(str(exc)) from None
-
     env_allowlist = List(Unicode(), ["LANG", "LC_*", "TZ", "JPY_SESSION_NAME"], config=True, help="""
         Names (fnmatch patterns) of the launcher's environment variables passed
         to the kernel. Nothing else of the server's environment (tokens!)
@@ -189,13 +206,99 @@ class AWFProvisioner(KernelProvisionerBase):
         Seconds a pod may take to start: the proxy's readiness, the firewall
         step, and the time jupyter_client waits before it calls a start stable.""")
 
+    # --- validation: every setting is checked when it is set -----------------------
+    # (server config, kernel spec, `awf-kernel install --set`), so a bad value is
+    # an error naming the setting then, not at every kernel start.
+
+    @validate("allow_domains", "block_domains", "domain_ceiling")
+    def _valid_domains(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"]
+        if value is not None:
+            try:
+                parse_domains(value, f"AWFProvisioner.{name}")
+            except PolicyError as exc:
+                raise InvalidSetting(exc.message, hint=exc.hint) from None
+        return value
+
+    @validate("allow_private_destinations")
+    def _valid_private_destinations(self, proposal):
+        try:
+            addresses.parse_private_destinations(proposal["value"])
+        except addresses.DestinationError as exc:
+            raise InvalidSetting(exc.message, hint=exc.hint) from None
+        return proposal["value"]
+
     @validate("dns_servers")
     def _valid_dns_servers(self, proposal):
         for server in proposal["value"]:
             try:
                 ipaddress.ip_address(server)
             except ValueError:
-                raise TraitError(f"dns_servers: {server!r} is not an IP address") from None
+                raise InvalidSetting(f"dns_servers: {server!r} is not an IP address",
+                                     hint="give resolver addresses, e.g. dns_servers=10.0.0.2,10.0.0.3") from None
+        return proposal["value"]
+
+    @validate("kernel_uid", "kernel_gid")
+    def _valid_ids(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"]
+        if value is not None and (value < 0 or value in (0, ports.PROXY_UID)):
+            raise InvalidSetting(f"{name} {value} is not allowed: 0 is root and {ports.PROXY_UID} is the "
+                                 "proxy's, the only id whose traffic may leave the pod",
+                                 hint=f"set AWFProvisioner.{name} to an ordinary user's id, or leave it unset")
+        return value
+
+    @validate("extra_mounts")
+    def _valid_extra_mounts(self, proposal):
+        try:
+            podspec.parse_mounts(proposal["value"])
+        except ValueError as exc:
+            raise InvalidSetting(str(exc), hint="write HOST_PATH:CONTAINER_PATH or HOST_PATH:CONTAINER_PATH:ro, "
+                                                "both absolute") from None
+        return proposal["value"]
+
+    @validate("deny_write", "deny_read")
+    def _valid_deny_entries(self, proposal):
+        name = proposal["trait"].name
+        try:
+            return protect.check_entries(proposal["value"], name)
+        except ValueError as exc:
+            raise InvalidSetting(str(exc), hint=f"e.g. {name}=~/projects/secret,/srv/shared/keys/") from None
+
+    @validate("mem_limit", "tmp_size")
+    def _valid_size(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"]
+        if value and not _DOCKER_SIZE.fullmatch(value):
+            raise InvalidSetting(f"{name}: {value!r} is not a size in Docker's syntax",
+                                 hint=f"e.g. {name}=2g, 512m or 1048576 (bytes); '' for none")
+        return value
+
+    @validate("cpu_limit", "pids_limit")
+    def _valid_limit(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"]
+        if value < 0:
+            raise InvalidSetting(f"{name}: {value!r} is negative", hint=f"{name}=0 means no limit")
+        return value
+
+    @validate("startup_timeout")
+    def _valid_timeout(self, proposal):
+        if not proposal["value"] > 0:
+            raise InvalidSetting(f"startup_timeout: {proposal['value']!r} is not a positive number of seconds",
+                                 hint="e.g. startup_timeout=60")
+        return proposal["value"]
+
+    @validate("image", "proxy_image", "egress_network", "audit_dir")
+    def _valid_name(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"]
+        if not value.strip() or value != value.strip():
+            raise InvalidSetting(f"{name}: {value!r} is empty or has surrounding spaces",
+                                 hint=f"see `AWFProvisioner.{name}` in the docs for what it names")
+        return value
+
+    @validate("kernel_cmd")
+    def _valid_kernel_cmd(self, proposal):
+        if not proposal["value"]:
+            raise InvalidSetting("kernel_cmd is empty", hint="e.g. the default, python3 -m ipykernel_launcher -f "
+                                                              + podspec.CONNECTION_FILE)
         return proposal["value"]
 
     @default("audit_dir")
@@ -204,11 +307,9 @@ class AWFProvisioner(KernelProvisionerBase):
 
     # --- state -------------------------------------------------------------------
     pod: sandbox.Pod | None = None
-    policy: Policy | None = None
-    _ceiling = None
+    plan: LaunchPlan | None = None  # made by pre_launch (every start and restart), read by launch_kernel
     ports_cached = False
     connection_dir: str | None = None
-    _launch: dict[str, Any]  # set by pre_launch for launch_kernel
 
     @property
     def has_process(self) -> bool:
@@ -232,8 +333,8 @@ class AWFProvisioner(KernelProvisionerBase):
         kwargs.pop("extra_arguments", None)
         cwd = kwargs.pop("cwd", None)
 
-        self.policy = self.resolve_policy(launcher_env)
-        self.log.info("awf-kernel %s: effective policy %s", self.kernel_id, json.dumps(self.policy.to_json()))
+        resolved = self.resolve_policy(launcher_env)
+        self.log.info("awf-kernel %s: effective policy %s", self.kernel_id, json.dumps(resolved.policy.to_json()))
         await self._docker(sandbox.require_image, self.image, "image")
         await self._docker(sandbox.require_image, self.proxy_image, "proxy_image")
         egress = await self._docker(sandbox.egress_network, self.egress_network)
@@ -247,25 +348,35 @@ class AWFProvisioner(KernelProvisionerBase):
         km.write_connection_file(jupyter_session=launcher_env.get("JPY_SESSION_NAME", ""))
         self.connection_info = km.get_connection_info()
 
+        self.plan = self.make_plan(launcher_env, cwd, resolved, egress)
+        return {**kwargs, "cmd": list(self.plan.cmd)}
+
+    def make_plan(self, launcher_env: dict[str, str], cwd: str | None, resolved: ResolvedPolicy,
+                  egress: sandbox.EgressNetwork) -> LaunchPlan:
+        """Everything this start decides from the settings and the launcher's
+        request, with no side effects: `launch_kernel` carries it out."""
         workdir = self._workdir(cwd)
-        self._launch = {"egress": egress, "env": self._kernel_env(launcher_env), "workdir": workdir,
-                        "protected": self._protected_files(launcher_env, workdir),
-                        "notebook": policy_source.notebook_path(launcher_env.get(policy_source.SESSION_ENV, ""),
-                                                                self._root_dir())}
+        notebook = policy_source.notebook_path(launcher_env.get(policy_source.SESSION_ENV, ""), self._root_dir())
+        uid, gid = self._ids(workdir)
         cmd = list(self.kernel_cmd)
         if self.cell_notices:
             cmd.append("--IPKernelApp.extra_extensions=awf_notice")
-        return {**kwargs, "cmd": cmd}
+        return LaunchPlan(policy=resolved.policy, ceiling=resolved.ceiling, request=resolved.request,
+                          egress=egress, env=self._kernel_env(launcher_env), workdir=workdir, notebook=notebook,
+                          uid=uid, gid=gid, mounts=self._protected_files(notebook, workdir) + self._extra_mounts(),
+                          cmd=tuple(cmd))
 
-    def resolve_policy(self, launcher_env: dict[str, str]) -> Policy:
+    def resolve_policy(self, launcher_env: dict[str, str]) -> ResolvedPolicy:
+        """The effective policy for a launch with this environment, and the
+        admin bounds and notebook request it was made from."""
         request = policy_source.load_request(launcher_env, root_dir=self._root_dir(), log=self.log)
         ceiling = None if self.domain_ceiling is None else parse_domains(
             self.domain_ceiling, "AWFProvisioner.domain_ceiling")
-        self._ceiling = ceiling
-        return resolve_policy(
+        policy = resolve_policy(
             admin_allow=parse_domains(self.allow_domains, "AWFProvisioner.allow_domains"),
             admin_block=parse_domains(self.block_domains, "AWFProvisioner.block_domains"),
             ceiling=ceiling, request=request, record_allowed=self.allow_record_mode)
+        return ResolvedPolicy(policy, ceiling, request)
 
     def _root_dir(self) -> str | None:
         mkm = getattr(self.parent, "parent", None)
@@ -288,54 +399,52 @@ class AWFProvisioner(KernelProvisionerBase):
             return None
         return path
 
-    def _ids(self) -> tuple[int, int]:
+    def _ids(self, workdir: str | None) -> tuple[int, int]:
         """The kernel's uid/gid: the setting, else the server's user, else (the
         server runs as root) the owner of the notebook's folder, else 1000."""
         uid, gid = os.getuid(), os.getgid()
-        workdir = self._launch.get("workdir")
         if uid == 0:
             st = os.stat(workdir) if workdir else None
             uid, gid = (st.st_uid, st.st_gid) if st and st.st_uid != 0 else (1000, 1000)
         uid = self.kernel_uid if self.kernel_uid is not None else uid
         gid = self.kernel_gid if self.kernel_gid is not None else gid
-        if uid in (0, ports.PROXY_UID):
+        if uid in (0, ports.PROXY_UID):  # the settings are checked when set; a folder owned by uid 13 is not
             raise SandboxStartError(f"kernel_uid {uid} is not allowed (root or the proxy's uid)",
                                     hint="set AWFProvisioner.kernel_uid to an ordinary user id")
         return uid, gid
 
-    def _protected_files(self, launcher_env: dict[str, str], workdir: str | None) -> tuple[podspec.Mount, ...]:
+    @staticmethod
+    def _protected_files(notebook: str | None, workdir: str | None) -> tuple[podspec.Mount, ...]:
         """The notebook file itself is mounted read-only over the writable folder:
         otherwise code in the kernel could edit its own `metadata.awf` and widen
         its policy at the next restart."""
-        path = policy_source.notebook_path(launcher_env.get(policy_source.SESSION_ENV, ""), self._root_dir())
-        if not path or not workdir or os.path.commonpath([workdir, path]) != workdir:
+        if not notebook or not workdir or os.path.commonpath([workdir, notebook]) != workdir:
             return ()
-        return (podspec.Mount(path, path, read_only=True),)
+        return (podspec.Mount(notebook, notebook, read_only=True),)
 
-    def _mounts(self) -> tuple[podspec.Mount, ...]:
-        out = list(self._launch.get("protected", ()))
-        for spec in self.extra_mounts:
-            parts = spec.split(":")
-            if len(parts) not in (2, 3) or not parts[0] or not parts[1] or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-                raise SandboxStartError(f"extra_mounts entry {spec!r} is not HOST:CONTAINER[:ro]",
-                                        hint="fix AWFProvisioner.extra_mounts")
-            out.append(podspec.Mount(os.path.realpath(parts[0]), parts[1], len(parts) == 3 and parts[2] == "ro"))
-        return tuple(out + self._protection(out))
+    def _extra_mounts(self) -> tuple[podspec.Mount, ...]:
+        """`extra_mounts` (checked when set), host paths with symlinks resolved."""
+        return tuple(podspec.Mount(os.path.realpath(m.source), m.target, m.read_only)
+                     for m in podspec.parse_mounts(self.extra_mounts))
+
+    def _mounts(self, plan: LaunchPlan) -> tuple[podspec.Mount, ...]:
+        """The plan's mounts plus the protection over every writable folder."""
+        return plan.mounts + tuple(self._protection(plan, list(plan.mounts)))
 
     _placeholders: list = []           # protect.Placeholder made on the host for this pod
     _watched: dict = {}                # host path -> (device, inode) of every protected path
     _protect_dir: str | None = None    # holds the empty folder/file mounted over hidden paths
 
-    def _protection(self, mounts: list[podspec.Mount]) -> list[podspec.Mount]:
+    def _protection(self, plan: LaunchPlan, mounts: list[podspec.Mount]) -> list[podspec.Mount]:
         """Mounts that keep the kernel from planting code that runs outside the
         sandbox later, or reading credentials, through the folders it can write
         (the notebook's folder is very often the user's home). See awf_kernel.protect."""
         self._remove_placeholders()
-        workdir = self._launch.get("workdir")
+        workdir = plan.workdir
         every = ([podspec.Mount(workdir, workdir)] if workdir else []) + list(mounts)
         if not any(not m.read_only for m in every):
             return []
-        uid, _ = self._ids()
+        uid = plan.uid
         spec_dir = getattr(self.kernel_spec, "resource_dir", None)
         self._protect_dir = tempfile.mkdtemp(prefix=f"awf-kernel-{self.kernel_id[:8]}-protect-")
         try:
@@ -385,8 +494,10 @@ class AWFProvisioner(KernelProvisionerBase):
         os.chmod(d, 0o700)
         return d
 
-    def _audit_dir_for_kernel(self) -> str:
-        """The kernel's audit folder, with the effective policy the trail is read against."""
+    def _audit_dir_for_kernel(self, plan: LaunchPlan) -> str:
+        """The kernel's audit folder, with the effective policy the trail is
+        read against and the notebook's own request (what a suggestion to
+        allow more extends)."""
         base = pathlib.Path(self.audit_dir)
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
         d = base / self.kernel_id
@@ -394,10 +505,11 @@ class AWFProvisioner(KernelProvisionerBase):
         os.chmod(d, 0o777)  # written by the proxy's uid 13; the parent (0700) keeps others out
         meta = {
             "kernel_id": self.kernel_id,
-            "notebook": self._launch.get("notebook"),
+            "notebook": plan.notebook,
             "started": time.time(),
-            "policy": {**self.policy.to_json(), "allow_all": self.policy.allow_all},
-            "ceiling": None if self._ceiling is None else [str(r) for r in self._ceiling],
+            "policy": {**plan.policy.to_json(), "allow_all": plan.policy.allow_all},
+            "ceiling": None if plan.ceiling is None else [str(r) for r in plan.ceiling],
+            "request": None if plan.request is None else plan.request.written(),
         }
         (d / "policy.json").write_text(json.dumps(meta, indent=1))
         os.chmod(d / "policy.json", 0o644)
@@ -407,24 +519,32 @@ class AWFProvisioner(KernelProvisionerBase):
         """Called from `KernelManager._launch_kernel`: makes the pod and returns
         the connection info (127.0.0.1 and the published ports)."""
         try:
-            self.pod = await self._docker(sandbox.create_pod, *self._pod_inputs(cmd), self.startup_timeout)
+            if self.plan is None:
+                raise SandboxStartError("launch_kernel was called without pre_launch",
+                                        hint="start kernels through jupyter_client's KernelManager")
+            self.pod = await self._docker(sandbox.create_pod, *self._pod_inputs(self.plan, cmd),
+                                          self.startup_timeout)
         except BaseException:
             # A failed start leaves nothing behind: not our folders, not the
-            # manager's connection file, not the reserved ports.
-            self._remove_connection_dir()
-            self._remove_placeholders()
-            self._discard_empty_audit_dir()
-            self.parent.cleanup_connection_file()
-            self._return_ports()
+            # manager's connection file, not the reserved ports. No step may
+            # hide the error that stopped the start: each one's own failure is
+            # logged and the next one still runs.
+            for step in (self._remove_connection_dir, self._remove_placeholders, self._discard_empty_audit_dir,
+                         self.parent.cleanup_connection_file, self._return_ports):
+                try:
+                    step()
+                except Exception:  # noqa: BLE001 - the start's own error is what the user must see
+                    self.log.exception("awf-kernel %s: cleanup after a failed start: %s failed",
+                                       self.kernel_id, getattr(step, "__name__", step))
             raise
         return self.connection_info
 
-    def _pod_inputs(self, cmd: list[str]):
+    def _pod_inputs(self, plan: LaunchPlan, cmd: list[str]):
         """Settings, rendered files and firewall rule inputs for `create_pod`."""
-        uid, gid = self._ids()
-        mounts = self._mounts()
+        uid, gid = plan.uid, plan.gid
+        mounts = self._mounts(plan)
         self.connection_dir = self._connection_copy(uid, gid)
-        egress = self._launch["egress"]
+        egress = plan.egress
         settings = podspec.PodSettings(
             kernel_id=self.kernel_id,
             proxy_image=self.proxy_image,
@@ -434,9 +554,9 @@ class AWFProvisioner(KernelProvisionerBase):
             network=egress.name if not egress.internal else podspec.ingress_network_name(self.kernel_id),
             uid=uid, gid=gid,
             connection_dir=self.connection_dir,
-            audit_dir=self._audit_dir_for_kernel(),
-            env=self._launch["env"],
-            workdir=self._launch["workdir"],
+            audit_dir=self._audit_dir_for_kernel(plan),
+            env=dict(plan.env),
+            workdir=plan.workdir,
             mounts=mounts,
             mem_limit=self.mem_limit or None,
             cpu_limit=self.cpu_limit or None,
@@ -449,12 +569,10 @@ class AWFProvisioner(KernelProvisionerBase):
         )
         private = list(self.allow_private_destinations)
         files = {
-            "squid.conf": render_squid_conf(self.policy, kernel_id=self.kernel_id,
-                                            notebook=self._launch.get("notebook"),
+            "squid.conf": render_squid_conf(plan.policy, kernel_id=self.kernel_id, notebook=plan.notebook,
                                             allowed_private=private).encode(),
-            "resolver.json": render_resolver_config(self.policy, kernel_id=self.kernel_id,
-                                                    upstreams=list(self.dns_servers),
-                                                    notebook=self._launch.get("notebook"),
+            "resolver.json": render_resolver_config(plan.policy, kernel_id=self.kernel_id,
+                                                    upstreams=list(self.dns_servers), notebook=plan.notebook,
                                                     allowed_private=private).encode(),
         }
         rules = {"kernel_ports": settings.kernel_ports, "dns_upstreams": list(self.dns_servers),

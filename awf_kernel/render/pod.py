@@ -11,6 +11,7 @@ compare a whole spec with an expected value and no engine is needed. The pod:
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 
 from .. import naming
@@ -35,6 +36,35 @@ class Mount:
 
     def to_docker(self) -> dict:
         return {"Type": "bind", "Source": self.source, "Target": self.target, "ReadOnly": self.read_only}
+
+
+# The pod's own mounts in the kernel live here; an extra mount there would clash with them.
+RESERVED_IN_KERNEL = "/awf"
+
+
+def parse_mount(spec: object, where: str = "extra_mounts") -> Mount:
+    """One `HOST_PATH:CONTAINER_PATH[:ro|:rw]` entry -> a Mount, or ValueError
+    naming the entry. Pure: the host path is taken as written (the provisioner
+    resolves symlinks when it mounts it)."""
+    if not isinstance(spec, str):
+        raise ValueError(f"{where}: {spec!r} is not a string")
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1] or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise ValueError(f"{where}: {spec!r} is not HOST_PATH:CONTAINER_PATH[:ro]")
+    host, target = parts[0], parts[1]
+    if not host.startswith("/") or not target.startswith("/"):
+        raise ValueError(f"{where}: {spec!r}: both paths must be absolute (a relative host path would "
+                         "depend on the folder the Jupyter server was started in)")
+    normalized = "/" + posixpath.normpath(target).lstrip("/")
+    if normalized == RESERVED_IN_KERNEL or normalized.startswith(RESERVED_IN_KERNEL + "/"):
+        raise ValueError(f"{where}: {spec!r}: {RESERVED_IN_KERNEL} in the kernel is the sandbox's own")
+    return Mount(host, target, len(parts) == 3 and parts[2] == "ro")
+
+
+def parse_mounts(specs: object, where: str = "extra_mounts") -> tuple[Mount, ...]:
+    if isinstance(specs, str) or not isinstance(specs, (list, tuple)):
+        raise ValueError(f"{where}: must be a list of HOST_PATH:CONTAINER_PATH[:ro] strings")
+    return tuple(parse_mount(spec, f"{where}[{i}]") for i, spec in enumerate(specs))
 
 
 @dataclass(frozen=True)

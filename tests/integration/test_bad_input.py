@@ -100,14 +100,16 @@ def test_argv_refuses_without_provisioner(spec_dir):
     ({"kernel_uid": 0}, "kernel_uid 0"),
 ])
 def test_bad_settings_fail_before_any_container(spec_dir, docker_client, settings, fragment):
+    """A spec written by hand (`awf-kernel install --set` refuses these): the
+    provisioner refuses the setting as it loads it, before any container."""
     from awf_kernel import kernelspec
-    from awf_kernel.errors import SandboxStartError
+    from awf_kernel.errors import InvalidSetting
 
     name = "awf-bad-" + fragment.split()[0].replace("_", "-")
     base = json.loads((spec_dir / "awf-python" / "kernel.json").read_text())["metadata"]["kernel_provisioner"]["config"]
     kernelspec.install(prefix=str(spec_dir.parent.parent.parent), name=name, settings={**base, **settings})
     km = _km(spec_dir, name)
-    with pytest.raises(SandboxStartError) as info:
+    with pytest.raises(InvalidSetting) as info:
         km.start_kernel(env={})
     assert fragment in str(info.value)
     _nothing_left(docker_client, km)

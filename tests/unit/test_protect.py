@@ -324,7 +324,8 @@ def test_bad_entries_are_refused_by_name(entry, why):
         protect.check_entry(entry)
     with pytest.raises(TraitError, match=re.escape(f"deny_write: {entry!r}")):
         AWFProvisioner(deny_write=["~/.fine", entry])
-    with pytest.raises(kernelspec.SettingError, match=re.escape(f"--set deny_read: {entry!r}")):
+    with pytest.raises(kernelspec.SettingError, match=re.escape("--set 'deny_read=") + ".*" +
+                       re.escape(f": deny_read: {entry!r}")):
         kernelspec.parse_setting("deny_read=" + json.dumps([entry]))
 
 
