@@ -13,6 +13,9 @@ MANAGED = f"{LABEL_PREFIX}.managed"
 KERNEL_ID = f"{LABEL_PREFIX}.kernel-id"
 ROLE = f"{LABEL_PREFIX}.role"
 SERVER = f"{LABEL_PREFIX}.server"
+# Pods the broker made carry their owner's uid: the broker's table of who may
+# act on which kernel is rebuilt from it after a restart (hub mode).
+OWNER_UID = f"{LABEL_PREFIX}.owner-uid"
 
 ROLES = ("proxy", "firewall", "kernel", "ingress")
 
@@ -44,14 +47,31 @@ def valid_kernel_id(kernel_id: str) -> str:
                      f"'4bfe02e6-1c2d-4e5f-8a9b-0c1d2e3f4a5b': 1-{MAX_KERNEL_ID} letters, digits and '-')")
 
 
-def labels(kernel_id: str, role: str, server: str = "") -> dict[str, str]:
-    """Labels for one resource of one kernel's pod."""
+def labels(kernel_id: str, role: str, server: str = "", owner_uid: int | None = None) -> dict[str, str]:
+    """Labels for one resource of one kernel's pod (`owner_uid`: the broker's pods)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     out = {MANAGED: "true", KERNEL_ID: kernel_id, ROLE: role}
     if server:
         out[SERVER] = server
+    if owner_uid is not None:
+        out[OWNER_UID] = owner_label(owner_uid)
     return out
+
+
+def owner_label(uid: int) -> str:
+    """The owner label's value: the uid in decimal, nothing else."""
+    if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
+        raise ValueError(f"invalid owner uid {uid!r}")
+    return str(uid)
+
+
+def owner_from_label(value: object) -> int | None:
+    """The owner uid a label holds, or None when it is not a plain decimal uid
+    (a pod nobody may act on but root)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+        return int(value)
+    return None
 
 
 def short_id(kernel_id: str) -> str:
@@ -66,9 +86,12 @@ def resource_name(kernel_id: str, role: str) -> str:
     return f"awf-{short_id(kernel_id)}-{role}"
 
 
-def kernel_filter(kernel_id: str | None = None) -> dict[str, list[str]]:
-    """A docker SDK `filters` value selecting our resources (of one kernel)."""
+def kernel_filter(kernel_id: str | None = None, *, owned: bool = False) -> dict[str, list[str]]:
+    """A docker SDK `filters` value selecting our resources (of one kernel;
+    `owned`: only the broker's, which carry an owner)."""
     wanted = [f"{MANAGED}=true"]
     if kernel_id:
         wanted.append(f"{KERNEL_ID}={kernel_id}")
+    if owned:
+        wanted.append(OWNER_UID)
     return {"label": wanted}

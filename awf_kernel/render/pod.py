@@ -90,6 +90,7 @@ class PodSettings:
     dns_servers: tuple[str, ...] = () # the admin's resolvers, also for Docker's own DNS in the pod
     read_only_image: bool = True      # the kernel's image layer is read-only ...
     tmp_size: str | None = "512m"     # ... and /tmp, a tmpfs of this size, is its scratch space
+    owner_uid: int | None = None      # hub mode: the user the broker made this pod for (a label)
 
 
 def _limits(s: PodSettings) -> dict:
@@ -112,7 +113,7 @@ def proxy_create_kwargs(s: PodSettings) -> dict:
     return {
         "image": s.proxy_image,
         "name": naming.resource_name(s.kernel_id, "proxy"),
-        "labels": naming.labels(s.kernel_id, "proxy", s.server),
+        "labels": naming.labels(s.kernel_id, "proxy", s.server, s.owner_uid),
         "network": s.network,
         "ports": {f"{p}/tcp": ("127.0.0.1", p) for p in s.kernel_ports},
         # Port 53 stays privileged in the pod (the kernel shares the namespace
@@ -137,7 +138,7 @@ def firewall_create_kwargs(s: PodSettings, proxy_id: str, env: dict[str, str]) -
     return {
         "image": s.proxy_image,
         "name": naming.resource_name(s.kernel_id, "firewall"),
-        "labels": naming.labels(s.kernel_id, "firewall", s.server),
+        "labels": naming.labels(s.kernel_id, "firewall", s.server, s.owner_uid),
         "entrypoint": ["/usr/local/bin/awf-firewall"],
         "user": "0:0",
         "network_mode": f"container:{proxy_id}",
@@ -183,7 +184,7 @@ def kernel_create_kwargs(s: PodSettings, proxy_id: str) -> dict:
     kwargs = {
         "image": s.kernel_image,
         "name": naming.resource_name(s.kernel_id, "kernel"),
-        "labels": naming.labels(s.kernel_id, "kernel", s.server),
+        "labels": naming.labels(s.kernel_id, "kernel", s.server, s.owner_uid),
         "command": list(s.kernel_cmd),
         "entrypoint": [""],  # run the kernel command itself, whatever the image's ENTRYPOINT
         "user": f"{s.uid}:{s.gid}",
@@ -212,6 +213,6 @@ def ingress_network_kwargs(s: PodSettings) -> dict:
     return {
         "name": ingress_network_name(s.kernel_id),
         "driver": "bridge",
-        "labels": naming.labels(s.kernel_id, "ingress", s.server),
+        "labels": naming.labels(s.kernel_id, "ingress", s.server, s.owner_uid),
         "options": {"com.docker.network.bridge.enable_icc": "false"},
     }
