@@ -705,6 +705,29 @@ def _remove_untouched(placeholders: Iterable[Placeholder]) -> list[str]:
     return kept
 
 
+def set_holder(scratch_dir: str, host: str, pid: int) -> bool:
+    """Make the process `pid` on `host` the one whose life keeps this scratch
+    folder's placeholders in use by other kernels (by default the process that
+    called `protect`). The broker places placeholders from a short-lived
+    helper and hands them to itself, then again after it restarts. Returns
+    False when the folder lists nothing."""
+    with _registry_lock(scratch_dir):
+        path = os.path.join(scratch_dir, MANIFEST)
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return False
+        if not isinstance(doc, dict):
+            return False
+        doc["server"] = [host, pid]
+        tmp = path + ".tmp"
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, path)
+        return True
+
+
 def release_scratch(scratch_dir: str) -> list[str]:
     """For `gc`: a dead kernel's scratch folder still lists the placeholders it
     made on the host; remove those that are untouched and not used by a
