@@ -324,3 +324,52 @@ def remove_pod(kernel_id: str) -> None:
         except APIError as exc:
             if exc.status_code not in (404, 409):
                 raise
+
+
+@dataclass(frozen=True)
+class LabelledPod:
+    """One kernel's pod as its labels tell it (the broker rebuilds its table from these)."""
+    kernel_id: str
+    owner_uid: int | None          # None: missing, malformed, or the pod's members disagree
+    proxy_id: str | None
+    kernel_container_id: str | None
+    ingress_network: str | None
+    kernel_running: bool
+
+
+def labelled_pods(owned: bool = True) -> list[LabelledPod]:
+    """Every pod on the engine (only the broker's, which carry an owner, by
+    default), grouped by kernel id, found by label only."""
+    c = client()
+    members: dict[str, dict] = {}
+    owners: dict[str, set] = {}
+    for container in c.containers.list(all=True, filters=naming.kernel_filter(owned=owned)):
+        kid = container.labels.get(naming.KERNEL_ID, "")
+        members.setdefault(kid, {})[container.labels.get(naming.ROLE)] = container
+        owners.setdefault(kid, set()).add(naming.owner_from_label(container.labels.get(naming.OWNER_UID)))
+    networks: dict[str, str] = {}
+    for net in c.networks.list(filters=naming.kernel_filter(owned=owned)):
+        labels = net.attrs.get("Labels") or {}
+        kid = labels.get(naming.KERNEL_ID, "")
+        networks[kid] = net.name
+        members.setdefault(kid, {})
+        owners.setdefault(kid, set()).add(naming.owner_from_label(labels.get(naming.OWNER_UID)))
+    out = []
+    for kid, roles in sorted(members.items()):
+        found = owners.get(kid, set())
+        kernel, proxy = roles.get("kernel"), roles.get("proxy")
+        out.append(LabelledPod(kid, next(iter(found)) if len(found) == 1 else None,
+                               proxy.id if proxy else None, kernel.id if kernel else None,
+                               networks.get(kid), bool(kernel and kernel.status == "running")))
+    return out
+
+
+def container_pid(container_id: str) -> int | None:
+    """The host pid of a running container's first process, or None."""
+    try:
+        state = client().api.inspect_container(container_id)["State"]
+    except NotFound:
+        return None
+    if not state.get("Running"):
+        return None
+    return state.get("Pid") or None
