@@ -18,61 +18,23 @@ the terminal or pose as a hyperlink. A record's decision is the log's own
 verdict (Squid's status and bump step, the resolver's decision), never text
 the kernel chose; its reason and rule are worked out from the escaped host,
 so a look-alike or zero-width character never counts as the name it mimics.
-The kernel-side notice (kernel_side/awf_notice.py) cannot import this
-package and keeps its own copy of `safe_text`; a test checks they agree.
+Reading a log line, deciding and escaping are kernel_side/awf_records.py,
+which the kernel-side notice (awf_notice.py) uses too: one interpretation.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 
 from .errors import PolicyError
+from .kernel_side import awf_records
+from .kernel_side.awf_records import POLICY_FILE, safe_text
+from .kernel_side.awf_records import to_int as _int
 from .naming import valid_kernel_id
-from .policy import Policy, is_ip_literal, normalize_host, parse_domain, parse_domains
-
-POLICY_FILE = "policy.json"
-PORT_OF_SQUID_PORT = {"3129": 80, "3130": 443}
-TEXT_FIELDS = ("kernel_id", "notebook", "host", "method", "sni", "server_addr", "reason", "rule")
-
-
-def safe_text(value) -> str:
-    """`value` as text that is safe to print on a terminal, in a log or in HTML
-    (after html.escape): printable ASCII (0x20-0x7e) stays, every other
-    character becomes a visible escape (`\\x1b`, `\\x0a`, `\\u202e`,
-    `\\U0001f600`), so an admin sees the attempt instead of its effect.
-
-    That covers C0/C1 controls and DEL (newlines, ANSI/OSC sequences, OSC 8
-    links), bidi overrides, zero-width characters and look-alike letters
-    (`pyp\\u0456.org` is not `pypi.org`). Idempotent: the output is printable
-    ASCII, so escaping twice changes nothing. Keep in step with the copy in
-    kernel_side/awf_notice.py.
-    """
-    text = value if isinstance(value, str) else str(value)
-    if text.isascii() and text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if 0x20 <= code < 0x7F:
-            out.append(ch)
-        elif code < 0x100:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    return "".join(out)
-
-
-def _safe_record(rec: dict) -> dict:
-    for key in TEXT_FIELDS:
-        if rec.get(key) is not None:
-            rec[key] = safe_text(rec[key])
-    return rec
+from .policy import is_ip_literal, normalize_host, parse_domain, parse_domains
 
 
 def _rotated(folder: pathlib.Path, name: str) -> list[pathlib.Path]:
@@ -83,115 +45,60 @@ def _rotated(folder: pathlib.Path, name: str) -> list[pathlib.Path]:
 
 def _lines(folder: pathlib.Path, name: str) -> Iterator[dict]:
     for path in _rotated(folder, name):
-        # "\n" only: str.splitlines() would also split at \x1c-\x1e, \x85 and U+2028/9
-        for line in path.read_text(errors="replace").split("\n"):
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                yield obj
+        yield from awf_records.parse_lines(path.read_text(errors="replace"))
 
 
 def load_policy(folder: pathlib.Path) -> dict:
+    """The kernel's policy.json (see the provisioner's `_audit_dir_for_kernel`), or {}."""
     try:
-        return json.loads((folder / POLICY_FILE).read_text())
+        meta = json.loads((folder / POLICY_FILE).read_text())
     except (OSError, ValueError):
         return {}
+    return meta if isinstance(meta, dict) else {}
 
 
-def _policy_of(meta: dict) -> Policy | None:
-    """The effective policy recorded at kernel start (canonical entries)."""
-    eff = meta.get("policy")
-    if not eff:
+def normalize_proxy(raw: dict, meta: dict) -> dict | None:
+    """A Squid log line as a record (see the module docstring), or None."""
+    rec = awf_records.proxy_record(raw)
+    if rec is None:
         return None
-    return Policy(allow=parse_domains(eff.get("allow_domains", []), "policy.json allow_domains"),
-                  block=parse_domains(eff.get("block_domains", []), "policy.json block_domains"),
-                  mode=eff.get("mode", "enforce"), allow_all=bool(eff.get("allow_all")))
+    mismatch = rec.pop("host_mismatch")
+    return explain(_with_kernel(rec, meta, meta.get("kernel_id")), meta, host_mismatch=mismatch)
 
 
-def _unq(value):
-    if value in (None, "", "-"):
-        return None
-    return urllib.parse.unquote(str(value))
+def normalize_dns(raw: dict, meta: dict) -> dict:
+    """A resolver log line as a record."""
+    rec = awf_records.dns_record(raw)
+    return explain(_with_kernel(rec, meta, raw.get("kernel_id") or meta.get("kernel_id")), meta)
 
 
-def _int(value):
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value)
-    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None
+def _with_kernel(rec: dict, meta: dict, kernel_id) -> dict:
+    rec["kernel_id"] = None if kernel_id is None else safe_text(kernel_id)
+    rec["notebook"] = None if meta.get("notebook") is None else safe_text(meta["notebook"])
+    return rec
 
 
-def _time(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def normalize_proxy(raw: dict, meta: dict, policy: Policy | None) -> dict | None:
-    host, sni, url = _unq(raw.get("host")), _unq(raw.get("sni")), _unq(raw.get("url")) or ""
-    if not host and not sni:
-        return None
-    method = _unq(raw.get("method")) or "-"
-    squid_status, status, bump = str(raw.get("squid_status", "")), str(raw.get("status", "")), _unq(raw.get("bump"))
-    port = PORT_OF_SQUID_PORT.get(str(raw.get("squid_port")))
-    if port is None:
-        if method == "CONNECT" and ":" in url:
-            port = _int(url.rsplit(":", 1)[1])
-        else:
-            port = 443 if url.startswith("https:") else 80
-    name = sni if sni and (not host or is_ip_literal(host)) else host
-    # Squid's own verdict: its status code, its bump step, a 409 from host_verify_strict.
-    denied = "DENIED" in squid_status or bump == "terminate" or status == "409"
-    if not denied and method == "CONNECT" and bump == "splice" and status in ("0", "-"):
-        return None  # the intercept port's first step; the spliced tunnel has its own line
-    rec = {
-        "time": _time(raw.get("time", 0)), "kernel_id": meta.get("kernel_id"), "notebook": meta.get("notebook"),
-        "kind": "https" if (port == 443 or sni) else "http", "host": name, "port": port, "method": method,
-        "sni": sni, "server_addr": _unq(raw.get("server_addr")),
-        "decision": "denied" if denied else "allowed", "status": _int(status), "bytes": _int(raw.get("bytes")) or 0,
-    }
-    return explain(_safe_record(rec), policy, host_mismatch=status == "409")
-
-
-def normalize_dns(raw: dict, meta: dict, policy: Policy | None) -> dict:
-    rec = {
-        "time": _time(raw.get("time", 0)), "kernel_id": raw.get("kernel_id") or meta.get("kernel_id"),
-        "notebook": meta.get("notebook"), "kind": "dns", "host": raw.get("host"), "port": 53,
-        "method": f"DNS {_int(raw.get('qtype'))}", "sni": None, "server_addr": None,
-        # the resolver's own verdict; anything but a plain "allowed" counts as denied
-        "decision": "allowed" if raw.get("decision") == "allowed" else "denied",
-        "status": None, "bytes": 0,
-    }
-    return explain(_safe_record(rec), policy)
-
-
-def explain(rec: dict, policy: Policy | None, host_mismatch: bool = False) -> dict:
-    host = rec.get("host") or ""
-    decision = policy.decide(host) if policy else None
+def explain(rec: dict, meta: dict, host_mismatch: bool = False) -> dict:
+    """The record's reason and rule, worked out from its (escaped) host and the
+    policy the kernel started with; the decision stays the log's own."""
+    policy = meta.get("policy")
     if host_mismatch:
         rec["reason"], rec["rule"] = "host-mismatch", None
-    elif decision is None:
+    elif not isinstance(policy, dict):
         rec["reason"], rec["rule"] = ("allowed" if rec["decision"] == "allowed" else "not-allowed"), None
-    elif rec["decision"] == "denied" and decision.allowed:
-        rec["reason"], rec["rule"] = "refused-by-proxy", None  # e.g. a port other than 80/443
     else:
-        rec["reason"] = decision.reason
-        rec["rule"] = str(decision.rule) if decision.rule else None
+        allowed, reason, rule = awf_records.decide(policy, rec.get("host") or "")
+        if rec["decision"] == "denied" and allowed:
+            reason, rule = "refused-by-proxy", None  # e.g. a port other than 80/443
+        rec["reason"], rec["rule"] = reason, None if rule is None else safe_text(rule)
     return rec
 
 
 def read_kernel(folder: pathlib.Path) -> list[dict]:
     meta = load_policy(folder)
-    if not isinstance(meta, dict):
-        meta = {}
     meta.setdefault("kernel_id", folder.name)
-    policy = _policy_of(meta)
-    out = [normalize_dns(r, meta, policy) for r in _lines(folder, "dns.jsonl")]
-    out += [r for r in (normalize_proxy(r, meta, policy) for r in _lines(folder, "access.jsonl")) if r]
+    out = [normalize_dns(r, meta) for r in _lines(folder, "dns.jsonl")]
+    out += [r for r in (normalize_proxy(r, meta) for r in _lines(folder, "access.jsonl")) if r]
     out.sort(key=lambda r: r["time"])
     return out
 
@@ -282,21 +189,52 @@ def format_record(rec: dict) -> str:
             f"{safe_text(rec.get('method', ''))} {host}{port}{why}{server}")
 
 
-def summary(recs: list[dict]) -> dict:
-    """Per-host counts and the allow_domains a notebook would need.
+def summary(recs: list[dict], meta: dict | None = None) -> dict:
+    """Per-host counts, and what would allow the hosts the kernel needed.
 
     Counted by the record's own decision and keyed by the escaped host, so a
     host name cannot add rows, move counts to another host or suggest itself
     as an allow_domains entry unless it is a valid one (`allow_entry`).
+    `add` holds the entries the notebook lacks: hosts denied only for not being
+    in the allowlist (and, after a record-mode run, hosts reached that the
+    notebook's own request does not cover), within the admin's ceiling.
+    `request` is the notebook's request (`meta`, the kernel's policy.json) with
+    them added, the whole object to paste, or None when the trail does not
+    record the request. `suggestion` says it in one line.
     """
+    meta = meta or {}
     allowed: Counter = Counter()
     denied: Counter = Counter()
     for r in recs:
         (allowed if r.get("decision") == "allowed" else denied)[display_host(r)] += 1
     hosts = (set(allowed) | set(denied)) - {"?"}
-    needed = sorted({e for e in (allow_entry(h) for h in hosts) if e})
     refused = {h: why for h in sorted(hosts) if (why := why_not_allowable(h))}
-    return {"allowed": dict(allowed), "denied": dict(denied), "allow_domains": needed, "not_allowable": refused}
+    add = _entries_to_add(recs, meta)
+    return {"allowed": dict(allowed), "denied": dict(denied), "add": add,
+            "request": awf_records.extend_request(meta, add) if add else None,
+            "suggestion": awf_records.suggestion(meta, add) if add else None, "not_allowable": refused}
+
+
+def _entries_to_add(recs: list[dict], meta: dict) -> list[str]:
+    policy = meta.get("policy") if isinstance(meta.get("policy"), dict) else {}
+    record_mode = policy.get("mode") == "record"
+    own: tuple = ()
+    if record_mode:
+        request = meta.get("request") if isinstance(meta.get("request"), dict) else {}
+        try:
+            own = parse_domains(request.get("allow_domains") or [], "policy.json request")
+        except PolicyError:
+            own = ()
+    out = set()
+    for r in recs:
+        entry = allow_entry(display_host(r))
+        if entry is None or not awf_records.within_ceiling(meta, entry):
+            continue
+        if r.get("decision") == "denied" and r.get("reason") == "not-allowed":
+            out.add(entry)
+        elif record_mode and r.get("decision") == "allowed" and not any(rule.matches(entry) for rule in own):
+            out.add(entry)
+    return sorted(out)
 
 
 def format_summary(s: dict) -> str:
@@ -308,8 +246,11 @@ def format_summary(s: dict) -> str:
         allowed, denied = (_int(s[k].get(host, 0)) or 0 for k in ("allowed", "denied"))
         lines.append(f"{shown:40} {allowed:7} {denied:7}{mark}")
     lines.append("")
-    lines.append("paste into the notebook's metadata to allow every host seen:")
-    lines.append(json.dumps({"awf": {"allow_domains": s["allow_domains"]}}, indent=1))
+    if s.get("suggestion"):
+        lines.append("to allow the hosts the notebook lacked: " + ", ".join(map(safe_text, s["add"])))
+        lines.append(safe_text(s["suggestion"]))
+    else:
+        lines.append("nothing to add to the notebook's allow_domains")
     if refused:
         lines.append("")
         lines.append("seen, but no allow_domains entry can allow them:")

@@ -79,7 +79,7 @@ def _logs(args) -> int:
                        hint="start a kernel first; `ls` that folder lists the kernel ids")
     recs = audit.read_kernel(folder)
     if args.summary:
-        s = audit.summary(recs)
+        s = audit.summary(recs, audit.load_policy(folder))
         print(_json_line(s, indent=1) if args.json else audit.format_summary(s))
         return 0
 

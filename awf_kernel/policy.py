@@ -12,22 +12,18 @@ Grammar (stricter than AWF, where `github.com` also admits subdomains):
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CeilingError, PolicyError
+# The grammar's ASCII core (IP forms, labels) lives with the log reader that
+# also runs inside the kernel, so both read a host alike.
+from .kernel_side.awf_records import NUMERIC_LABEL, ascii_name, is_ip_literal
 
 MAX_ENTRIES = 1000
-MAX_HOST = 253
 REQUEST_KEYS = ("allow_domains", "block_domains", "mode")
 MODES = ("enforce", "record")
-_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # fullmatch: "$" would admit "\n"
-# A last label like this makes URL parsers (WHATWG, browsers) read the whole
-# name as an IPv4 address, so such a "name" is never a DNS name.
-_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 # IDNA 2003 (Python's codec) maps these away ("ß" -> "ss") where IDNA 2008
 # (browsers, requests) keeps them: the two would name different domains.
 _IDNA_DEVIATIONS = frozenset("\u00df\u03c2\u200c\u200d")
@@ -63,19 +59,6 @@ def _psl():
 _PSL = None
 
 
-def is_ip_literal(host: str) -> bool:
-    if not isinstance(host, str):
-        return False
-    text = host.strip().strip("[]")
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        pass
-    # inet_aton's forms (integer, octal, short dotted) are IPs to a socket too
-    return bool(re.fullmatch(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}\.?", text.lower()))
-
-
 def _idna(host: str) -> str | None:
     if host.isascii():
         return host.lower()
@@ -90,12 +73,7 @@ def _idna(host: str) -> str | None:
 def _canonical(host: str) -> str | None:
     """The host grammar itself; callers have already removed one trailing dot."""
     name = _idna(host)
-    if not name or len(name) > MAX_HOST:
-        return None
-    labels = name.split(".")
-    if _NUMERIC_LABEL.fullmatch(labels[-1]) or not all(_LABEL.fullmatch(label) for label in labels):
-        return None
-    return name
+    return ascii_name(name) if name else None
 
 
 def normalize_host(host: str) -> str | None:
@@ -120,7 +98,7 @@ def _why_not_host(entry: str) -> str:
     if _IDNA_DEVIATIONS.intersection(entry):
         return ("'\u00df', '\u03c2' and zero-width joiners are read differently by IDNA 2003 and 2008; "
                 "write the xn-- form")
-    if _NUMERIC_LABEL.fullmatch(body.rstrip(".").rsplit(".", 1)[-1].lower()):
+    if NUMERIC_LABEL.fullmatch(body.rstrip(".").rsplit(".", 1)[-1].lower()):
         return "a numeric last label makes URL parsers read it as an IP address"
     return "letters, digits, '-' and '.' only; labels 1-63 characters, not starting or ending with '-'"
 

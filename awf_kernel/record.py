@@ -19,16 +19,18 @@ from nbclient import NotebookClient
 
 from . import audit
 from .check import server_config
-from .policy import is_ip_literal, parse_domains
+from .policy import parse_domains
 from .policy_source import POLICY_ENV, SESSION_ENV
 
 
 def used_hosts(records: list[dict], always_allowed) -> list[str]:
     """Names the run reached (DNS answers or proxied requests), minus what the
-    admin allows anyway: the smallest allow list that reproduces the run."""
-    hosts = {audit.display_host(r) for r in records if r["decision"] == "allowed"}
-    return sorted(h for h in hosts if h != "?" and not is_ip_literal(h)
-                  and not any(rule.matches(h) for rule in always_allowed))
+    admin allows anyway: the smallest allow list that reproduces the run.
+    Only entries of the policy grammar (`audit.allow_entry`): a log line
+    claiming "allowed" for a raw IP, a malformed name or a public suffix never
+    becomes an allow_domains entry that would stop the next start."""
+    entries = {audit.allow_entry(audit.display_host(r)) for r in records if r.get("decision") == "allowed"}
+    return sorted(e for e in entries if e is not None and not any(rule.matches(e) for rule in always_allowed))
 
 
 def record(notebook: str, *, kernel_name: str, write: bool = True, timeout: float = 600, out=None) -> int:

@@ -7,10 +7,13 @@ file runs in any image with ipykernel (stdlib + IPython only) and reads only
 its own pod's logs, mounted read-only at AWF_AUDIT_DIR. It is a convenience,
 not a security boundary: the kernel's code can disable it, never widen egress.
 
-Hosts in the logs were chosen by the kernel's code, so every one is shown
-through `safe_text` (C0/C1 controls, DEL, ESC sequences, bidi and zero-width
-characters become visible escapes like `\\x1b` and `\\u202e`), HTML-escaped in
-text/html, and suggested for allow_domains only when it is a valid host name.
+The logs are read by awf_records.py beside this file, the same code as
+`awf-kernel logs` uses. Hosts in the logs were chosen by the kernel's code,
+so every one is shown through `safe_text` (C0/C1 controls, DEL, ESC
+sequences, bidi and zero-width characters become visible escapes like
+`\\x1b` and `\\u202e`), HTML-escaped in text/html, and suggested for
+allow_domains only when it is a valid host name. The suggestion extends the
+notebook's own request (policy.json): pasted, it keeps the entries it had.
 """
 
 from __future__ import annotations
@@ -18,78 +21,24 @@ from __future__ import annotations
 import html
 import json
 import os
-import re
 import socket
 import threading
 import time
-import urllib.parse
+
+try:  # in the package: awf_kernel.kernel_side
+    from . import awf_records as records
+except ImportError:  # in the kernel: this folder is /awf/lib, on sys.path
+    import awf_records as records  # type: ignore[no-redef]
 
 MIME = "application/vnd.awf.denials+json"
 AUDIT_DIR = os.environ.get("AWF_AUDIT_DIR", "/awf/audit")
-WEB_PORTS = (80, 443)
+WEB_PORTS = records.WEB_PORTS
+safe_text = records.safe_text
+host_name = records.host_name
 
 _direct: list[tuple[str, int, str]] = []
 _lock = threading.Lock()
 _activity = threading.Event()  # set by any IP connect/sendto in this process during a cell
-
-
-def safe_text(value) -> str:
-    """A copy of awf_kernel.audit.safe_text (this file cannot import the
-    package; tests/unit/test_audit_escaping.py checks they agree): printable
-    ASCII stays, every other character becomes a visible escape."""
-    text = value if isinstance(value, str) else str(value)
-    if text.isascii() and text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if 0x20 <= code < 0x7F:
-            out.append(ch)
-        elif code < 0x100:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    return "".join(out)
-
-
-_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
-
-
-def host_name(host) -> str | None:
-    """The canonical name if `host` is a valid ASCII host name (awf_kernel.policy's
-    grammar, with at least one dot), else None. Only these are ever suggested
-    as allow_domains entries. Stricter than the package: no IDN (the logs carry
-    punycode) and no public suffix list (a suffix like co.uk passes here and is
-    refused at kernel start)."""
-    if not isinstance(host, str) or not host.isascii():
-        return None
-    name = host[:-1] if host.endswith(".") else host
-    name = name.lower()
-    if not name or len(name) > 253 or _is_ip(name):
-        return None
-    labels = name.split(".")
-    if len(labels) < 2 or _NUMERIC_LABEL.fullmatch(labels[-1]):
-        return None
-    return name if all(_LABEL.fullmatch(label) for label in labels) else None
-
-
-def _matches(rule: str, host: str) -> bool:
-    if rule.startswith("*."):
-        return host.endswith(rule[1:])
-    if rule.startswith("."):
-        return host == rule[1:] or host.endswith(rule)
-    return host == rule
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host.strip("[]"))
-        return True
-    except (OSError, ValueError):
-        return host.replace(".", "").isascii() and host.replace(".", "").isdigit()
 
 
 class Notice:
@@ -98,9 +47,11 @@ class Notice:
         self.audit_dir = audit_dir
         self.offsets: dict[str, int] = {}
         try:
-            with open(os.path.join(audit_dir, "policy.json")) as f:
+            with open(os.path.join(audit_dir, records.POLICY_FILE)) as f:
                 self.meta = json.load(f)
         except (OSError, ValueError):
+            self.meta = {}
+        if not isinstance(self.meta, dict):
             self.meta = {}
 
     # --- what was denied -----------------------------------------------------------
@@ -135,17 +86,12 @@ class Notice:
                 data = f.read()
         except OSError:
             return []
-        out = []
-        for line in data.decode(errors="replace").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+        return records.parse_lines(data.decode(errors="replace"))
 
     def denials(self) -> list[dict]:
         """One entry per denied host: {host (escaped, see safe_text), ports, via,
-        valid_name, reason, fix}. Denied means the log's own verdict (Squid's
+        valid_name, reason, fix, addable: whether an allow_domains entry alone
+        would allow it}. Denied means the log's own verdict (Squid's
         status and bump step, the resolver's decision), never text in it."""
         found: dict[str, dict] = {}
         names: dict[str, str | None] = {}
@@ -161,58 +107,49 @@ class Notice:
             if via not in entry["via"]:
                 entry["via"].append(via)
 
-        for rec in self._new_lines("dns.jsonl"):
-            if rec.get("decision") != "allowed":  # as awf_kernel.audit: only a plain "allowed" is allowed
-                add(rec.get("host"), None, "dns")
-        for rec in self._new_lines("access.jsonl"):
-            q = lambda k: urllib.parse.unquote(str(rec.get(k) or "-"))  # noqa: E731
-            host, sni, url = q("host"), q("sni"), q("url")
-            denied = "DENIED" in str(rec.get("squid_status", "")) or rec.get("bump") == "terminate" \
-                or str(rec.get("status")) == "409"
-            if not denied:
-                continue
-            name = sni if sni != "-" and (host == "-" or _is_ip(host)) else host
-            port = {"3129": 80, "3130": 443}.get(str(rec.get("squid_port")))
-            if port is None:
-                tail = url.rsplit(":", 1)[-1]
-                port = int(tail) if q("method") == "CONNECT" and tail.isascii() and tail.isdigit() \
-                    else (443 if url.startswith("https:") else 80)
-            add(name if name != "-" else None, port, "https" if port == 443 else "http")
+        for raw in self._new_lines("dns.jsonl"):
+            rec = records.dns_record(raw)
+            if rec["decision"] == "denied":
+                add(rec["host"], None, "dns")
+        for raw in self._new_lines("access.jsonl"):
+            rec = records.proxy_record(raw)
+            if rec is not None and rec["decision"] == "denied":
+                add(rec["host"], rec["port"], rec["kind"])
         with _lock:
             for ip, port, via in _direct:
                 add(ip, port, via)
         for shown, entry in found.items():
             entry["valid_name"] = names[shown] is not None
-            entry["reason"], entry["fix"] = self.explain(shown, names[shown], entry["ports"])
+            entry["reason"], entry["fix"], entry["addable"] = self.explain(shown, names[shown], entry["ports"])
         return sorted(found.values(), key=lambda e: e["host"])
 
-    def explain(self, shown: str, name: str | None, ports: list[int]) -> tuple[str, str]:
-        """Why `shown` (an escaped host) was denied and what would allow it; `name`
-        is its canonical host name, None when it is not a valid one."""
-        policy = self.meta.get("policy") or {}
-        ceiling = self.meta.get("ceiling")
+    def explain(self, shown: str, name: str | None, ports: list[int]) -> tuple[str, str, bool]:
+        """Why `shown` (an escaped host) was denied, what would allow it, and
+        whether an allow_domains entry in the notebook alone would; `name` is
+        its canonical host name, None when it is not a valid one."""
+        policy = self.meta.get("policy") if isinstance(self.meta.get("policy"), dict) else {}
         if ports and all(p not in WEB_PORTS for p in ports):
             return (f"port {', '.join(map(str, ports))}: only ports 80 and 443 ever leave the sandbox",
-                    "use HTTP(S) on ports 80/443")
-        if _is_ip(shown):
+                    "use HTTP(S) on ports 80/443", False)
+        if records.is_ip_literal(shown):
             return ("a raw IP address: only names can be allowed",
-                    "use the host's name, and add that name to the notebook's awf.allow_domains")
+                    "use the host's name, and add that name to the notebook's awf.allow_domains", False)
         if name is None:
             return ("not a valid host name (shown escaped): no allow_domains entry can allow it",
-                    "none in the metadata: the code asked for a malformed name; check where it came from")
+                    "none in the metadata: the code asked for a malformed name; check where it came from", False)
         line = f'"awf": {{"allow_domains": [..., "{name}"]}}'
-        blocked = [r for r in policy.get("block_domains", []) if _matches(r, name)]
-        if blocked:
-            return (f"in a block list ({safe_text(blocked[0])})",
-                    "remove it from the notebook's awf.block_domains, or ask the admin (block_domains)")
-        allowed = [r for r in policy.get("allow_domains", []) if _matches(r, name)]
+        allowed, reason, rule = records.decide(policy, name)
+        if reason == "blocked":
+            return (f"in a block list ({safe_text(rule)})",
+                    "remove it from the notebook's awf.block_domains, or ask the admin (block_domains)", False)
         if allowed:
             return ("refused by the proxy (the address did not match the name, or a non-web port)",
-                    "connect by name, on port 80 or 443")
-        if ceiling is not None and not any(_matches(r, name) for r in ceiling):
+                    "connect by name, on port 80 or 443", False)
+        if not records.within_ceiling(self.meta, name):
             return ("outside the admin's domain_ceiling",
-                    "ask the administrator to add it to AWFProvisioner.domain_ceiling, then add " + line)
-        return ("not in the allowlist", "add it to the notebook metadata: " + line + ", save, restart the kernel")
+                    "ask the administrator to add it to AWFProvisioner.domain_ceiling, then add " + line, False)
+        return ("not in the allowlist",
+                "add it to the notebook metadata: " + line + ", save, restart the kernel", True)
 
     # --- showing it ------------------------------------------------------------------
     def show(self, *_args) -> None:
@@ -231,22 +168,34 @@ class Notice:
         and HTML-escaped in text/html; the metadata line lists valid names only."""
         text = ["awf-kernel blocked egress in this cell:"]
         rows = []
+        # JupyterLab's rendered-HTML tables right-align their cells: this one reads left to right.
+        cell = "text-align:left;vertical-align:top;padding:2px 8px"
         for d in found:
             host, reason, fix = safe_text(d["host"]), safe_text(d["reason"]), safe_text(d["fix"])
             ports = safe_text(",".join(str(p) for p in d["ports"]) or "dns")
             text.append(f"  - {host} ({ports}): {reason}. Fix: {fix}")
-            rows.append(f"<tr><td><code>{html.escape(host)}</code></td><td>{html.escape(ports)}</td>"
-                        f"<td>{html.escape(reason)}</td><td>{html.escape(fix)}</td></tr>")
-        names = sorted({n for n in (host_name(d["host"]) for d in found if d.get("valid_name")) if n})
-        snippet = json.dumps({"awf": {"allow_domains": names}})
-        text.append(f"Metadata that would allow them: {snippet}")
-        page = ("<div class='awf-notice' style='border-left:4px solid #d9534f;padding:4px 8px'>"
+            rows.append(f"<tr><td style='{cell}'><code>{html.escape(host)}</code></td>"
+                        f"<td style='{cell}'>{html.escape(ports)}</td><td style='{cell}'>{html.escape(reason)}</td>"
+                        f"<td style='{cell}'>{html.escape(fix)}</td></tr>")
+        names = sorted({n for n in (host_name(d["host"]) for d in found if d.get("valid_name") and d.get("addable"))
+                        if n})
+        line = safe_text(records.suggestion(self.meta, names))
+        text.append(line)
+        head = "".join(f"<th style='{cell}'>{h}</th>" for h in ("host", "port", "why", "how to allow"))
+        page = ("<div class='awf-notice' style='border-left:4px solid #d9534f;padding:4px 8px;text-align:left'>"
                 "<b>awf-kernel blocked egress in this cell</b>"
-                "<table><tr><th>host</th><th>port</th><th>why</th><th>how to allow</th></tr>"
-                + "".join(rows) + f"</table><div>Metadata that would allow them: <code>{html.escape(snippet)}</code>"
-                "</div></div>")
+                f"<table style='text-align:left;margin-left:0'><tr>{head}</tr>" + "".join(rows) + "</table>"
+                f"<div>{_code_after_colon(line)}</div></div>")
         meta = {k: None if self.meta.get(k) is None else safe_text(self.meta[k]) for k in ("kernel_id", "notebook")}
         return {"text/plain": "\n".join(text), "text/html": page, MIME: {"denials": found, **meta}}
+
+
+def _code_after_colon(line: str) -> str:
+    """The suggestion line as HTML, its JSON in <code>."""
+    label, sep, snippet = line.partition(": ")
+    if not sep or not snippet.startswith(("{", "[")):
+        return html.escape(line)
+    return f"{html.escape(label)}: <code>{html.escape(snippet)}</code>"
 
 
 def _note(address, via: str) -> None:

@@ -105,7 +105,9 @@ def test_logs_command_json_and_summary(start_kernel, capsys):
     assert {(r["host"], r["decision"]) for r in lines} >= {("allowed.test", "allowed"), ("blocked.test", "denied")}
     assert main(["logs", kid[:8], "--summary"]) == 0
     out = capsys.readouterr().out
-    assert "blocked.test" in out and '"allow_domains"' in out
+    assert "blocked.test" in out
+    assert 'AWF_POLICY that would allow them (set by the launcher, not the notebook): ' \
+        '{"allow_domains": ["allowed.test", "blocked.test"]}' in out
 
 
 def test_drift_option_fails_a_notebook_that_was_denied(tmp_path, spec_dir):

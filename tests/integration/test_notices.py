@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 
 from awf_kernel import audit
 from awf_kernel.kernel_side.awf_notice import MIME
@@ -37,7 +38,14 @@ def test_cell_notice_names_each_blocked_host_and_the_fix(kernel, testnet):
     assert '"allow_domains": [..., "blocked.test"]' in hosts["blocked.test"]["fix"]
     assert 22 in hosts[canary]["ports"] and "port" in hosts[canary]["reason"]
     assert "blocked.test" in data["text/plain"] and "allow_domains" in data["text/plain"]
-    assert "<table>" in data["text/html"]
+    # the launcher's request (AWF_POLICY here) extended, not replaced: pasted, it keeps ALLOW
+    line = data["text/plain"].splitlines()[-1]
+    assert line.startswith("AWF_POLICY that would allow them")
+    suggested = json.loads(line.split(": ", 1)[1])["allow_domains"]
+    assert suggested[:len(ALLOW)] == ALLOW
+    assert {"blocked.test", "www.blocked.test", "other-blocked.blocked.test"} <= set(suggested[len(ALLOW):])
+    assert canary not in suggested
+    assert "<table style='text-align:left" in data["text/html"]
     assert data[MIME]["kernel_id"] == kernel.kernel_id
 
 
@@ -88,8 +96,10 @@ def test_audit_trail_outlives_the_kernel(start_kernel, testnet):
     denied = [r for r in recs if r["host"] == "blocked.test" and r["decision"] == "denied"]
     assert denied and {r["kind"] for r in denied} >= {"http", "dns"}
     assert all(r["reason"] == "not-allowed" for r in denied)
-    summary = audit.summary(recs)
-    assert summary["denied"]["blocked.test"] >= 1 and "blocked.test" in summary["allow_domains"]
+    folder = audit.find_kernel(AWFProvisioner().audit_dir, kid)
+    summary = audit.summary(recs, audit.load_policy(folder))
+    assert summary["denied"]["blocked.test"] >= 1 and summary["add"] == ["blocked.test"]
+    assert summary["request"] == {"allow_domains": [*ALLOW, "blocked.test"]}
 
 
 USER_IMAGE = "awf-kernel-test/user-image:1"

@@ -103,8 +103,8 @@ hostile_text = st.lists(st.one_of(st.sampled_from(list(SPECIALS)), st.sampled_fr
 @settings(max_examples=500, deadline=None)
 @given(hostile_text)
 def test_the_notice_and_the_cli_escape_alike(text):
+    assert awf_notice.safe_text is audit.safe_text  # one function, in kernel_side/awf_records.py
     out = audit.safe_text(text)
-    assert out == awf_notice.safe_text(text)
     assert all(0x20 <= ord(c) < 0x7F for c in out)
     assert audit.safe_text(out) == out  # idempotent: escaping twice changes nothing
     if text.isascii() and text.isprintable():
@@ -178,8 +178,8 @@ def test_summary_cannot_be_steered(trail, capsys):
     for host in HOSTILE:
         assert audit.safe_text(host) in s["denied"] and audit.safe_text(host) not in s["allowed"]
         assert audit.safe_text(host) in s["not_allowable"]
-    assert s["allow_domains"] == ["allowed.test", "blocked.test", "pypi.org"]  # only valid names, never a hostile one
-    assert all(normalize_host(h) == h for h in s["allow_domains"])
+    assert s["add"] == ["blocked.test"]  # only valid names, never a hostile one, only what is missing
+    assert s["request"] is None  # this trail does not record the notebook's request: say "add"
 
     text = _run(capsys, KID, "--audit-dir", str(base), "--summary")
     lines = text.splitlines()
@@ -188,9 +188,8 @@ def test_summary_cannot_be_steered(trail, capsys):
     pypi = [line for line in table if line.startswith("pypi.org ")]
     assert len(pypi) == 1 and pypi[0].split()[1:] == ["2", "0"]
     assert all("[not a valid host name" in line for line in table if "\\" in line)
-    pasted = json.loads("\n".join(lines[lines.index("paste into the notebook's metadata to allow every host seen:") + 1:
-                                         lines.index("seen, but no allow_domains entry can allow them:") - 1]))
-    assert pasted == {"awf": {"allow_domains": ["allowed.test", "blocked.test", "pypi.org"]}}
+    add = [line for line in lines if line.startswith("Add to the notebook's awf.allow_domains (keep the entries")]
+    assert len(add) == 1 and json.loads(add[0].split(": ", 1)[1]) == ["blocked.test"]
 
 
 def test_follow_and_summary_share_the_records(trail):
@@ -267,9 +266,9 @@ def test_notice_escapes_text_html_and_json(notice):
 def test_notice_never_proposes_an_invalid_host(notice):
     found = notice.denials()
     plain = notice.render(found)["text/plain"]
-    line = [x for x in plain.splitlines() if x.startswith("Metadata that would allow them: ")]
+    line = [x for x in plain.splitlines() if x.startswith("Add to the notebook's awf.allow_domains")]
     assert len(line) == 1
-    entries = json.loads(line[0].split(": ", 1)[1])["awf"]["allow_domains"]
+    entries = json.loads(line[0].split(": ", 1)[1])
     assert entries == ["blocked.test"]
     assert '"allow_domains": [..., "blocked.test"]' in {d["host"]: d for d in found}["blocked.test"]["fix"]
 
@@ -295,7 +294,7 @@ def test_no_host_can_add_a_line(tmp_path_factory, hosts):
     assert _control_free(text) and len(text.splitlines()) == len(recs)
     summary = audit.summary(recs)
     assert sum(summary["denied"].values()) == len(recs) and not summary["allowed"]
-    assert all(normalize_host(h) == h for h in summary["allow_domains"])
+    assert all(normalize_host(h) == h for h in summary["add"])
     shown = audit.format_summary(summary)
     assert _control_free(shown)
     n = awf_notice.Notice(shell=None, audit_dir=str(folder))
@@ -303,3 +302,127 @@ def test_no_host_can_add_a_line(tmp_path_factory, hosts):
     found = n.denials()
     plain = n.render(found)["text/plain"]
     assert _control_free(plain) and len(plain.splitlines()) == len(found) + 2
+
+
+# --- what to paste: the notebook's whole request, never a list that replaces it ----------------------------
+
+
+def _trail_with(tmp_path, meta: dict, access=(), dns=()):
+    folder = tmp_path / KID
+    folder.mkdir(parents=True)
+    (folder / "policy.json").write_text(json.dumps({"kernel_id": KID, "notebook": "/home/me/n.ipynb", **meta}))
+    (folder / "access.jsonl").write_text("".join(line + "\n" for line in access))
+    (folder / "dns.jsonl").write_text("".join(line + "\n" for line in dns))
+    notice = awf_notice.Notice(shell=None, audit_dir=str(folder))
+    notice.offsets = {"access.jsonl": 0, "dns.jsonl": 0}
+    return folder, notice
+
+
+NOTEBOOK_REQUEST = {"allow_domains": ["@pypi", "allowed.test"], "block_domains": ["bad.allowed.test"],
+                    "source": "notebook /home/me/n.ipynb metadata awf"}
+POLICY = {"allow_domains": ["admin.test", "pypi.org", "files.pythonhosted.org", "allowed.test"],
+          "block_domains": ["bad.allowed.test"], "mode": "enforce", "allow_all": False}
+
+
+def _suggested(plain: str) -> str:
+    return plain.splitlines()[-1]
+
+
+def test_the_suggestion_extends_the_notebooks_own_request(tmp_path, capsys):
+    folder, notice = _trail_with(tmp_path, {"policy": POLICY, "ceiling": None, "request": NOTEBOOK_REQUEST},
+                                 access=[squid_line("blocked.test"), squid_line("bad.allowed.test"),
+                                         squid_line("other.test", squid_port="3130", status="0", bump="terminate",
+                                                    method="CONNECT", url="192.0.2.1:443", squid_status="NONE_NONE")],
+                                 dns=[dns_line("blocked.test"), dns_line("admin.test", "allowed")])
+    found = {d["host"]: d for d in notice.denials()}
+    assert found["blocked.test"]["addable"] and found["other.test"]["addable"]
+    assert not found["bad.allowed.test"]["addable"] and "block list" in found["bad.allowed.test"]["reason"]
+    line = _suggested(notice.render(list(found.values()))["text/plain"])
+    label, snippet = line.split(": ", 1)
+    assert label == "Metadata that would allow them (the notebook's whole awf entry)"
+    # pasted as shown, the notebook keeps its preset, its own host and its block list; admin hosts are not copied in
+    assert json.loads(snippet) == {"awf": {"allow_domains": ["@pypi", "allowed.test", "blocked.test", "other.test"],
+                                           "block_domains": ["bad.allowed.test"]}}
+
+    assert main(["logs", KID, "--audit-dir", str(tmp_path), "--summary", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["add"] == ["blocked.test", "other.test"]
+    assert s["request"] == json.loads(snippet)["awf"]
+    assert main(["logs", KID, "--audit-dir", str(tmp_path), "--summary"]) == 0
+    assert line in capsys.readouterr().out.splitlines()
+
+
+def test_no_request_and_a_launchers_request(tmp_path):
+    _, notice = _trail_with(tmp_path, {"policy": POLICY, "ceiling": None, "request": None},
+                            dns=[dns_line("blocked.test")])
+    line = _suggested(notice.render(notice.denials())["text/plain"])
+    assert json.loads(line.split(": ", 1)[1]) == {"awf": {"allow_domains": ["blocked.test"]}}
+
+    launcher = {"allow_domains": ["allowed.test"], "block_domains": [], "source": "AWF_POLICY"}
+    _, notice = _trail_with(tmp_path / "2", {"policy": POLICY, "ceiling": None, "request": launcher},
+                            dns=[dns_line("blocked.test")])
+    line = _suggested(notice.render(notice.denials())["text/plain"])
+    assert line.startswith("AWF_POLICY that would allow them")
+    assert json.loads(line.split(": ", 1)[1]) == {"allow_domains": ["allowed.test", "blocked.test"]}
+
+
+def test_hosts_metadata_cannot_allow_are_not_suggested(tmp_path, capsys):
+    """Outside the ceiling (pasting it would stop the kernel from starting),
+    blocked, or already allowed: the line says no metadata change alone helps."""
+    _, notice = _trail_with(tmp_path, {"policy": POLICY, "ceiling": [".allowed.test"], "request": NOTEBOOK_REQUEST},
+                            dns=[dns_line("outside.test"), dns_line("bad.allowed.test")],
+                            access=[squid_line("allowed.test", status="409", squid_status="TCP_MISS")])
+    found = {d["host"]: d for d in notice.denials()}
+    assert found["outside.test"]["reason"] == "outside the admin's domain_ceiling"
+    assert not any(d["addable"] for d in found.values())
+    assert _suggested(notice.render(list(found.values()))["text/plain"]).startswith("No change to the notebook")
+    s = audit.summary(audit.read_kernel(tmp_path / KID), audit.load_policy(tmp_path / KID))
+    assert s["add"] == [] and s["request"] is None and s["suggestion"] is None
+    assert "nothing to add" in audit.format_summary(s)
+
+
+def test_record_mode_summary_adds_what_the_run_reached(tmp_path):
+    meta = {"policy": {"allow_domains": [], "block_domains": [], "mode": "record", "allow_all": True},
+            "ceiling": None, "request": {"allow_domains": ["@pypi"], "block_domains": [], "source": "AWF_POLICY"}}
+    folder, _ = _trail_with(tmp_path, meta, dns=[dns_line("pypi.org", "allowed"), dns_line("new.test", "allowed")])
+    s = audit.summary(audit.read_kernel(folder), audit.load_policy(folder))
+    assert s["add"] == ["new.test"]  # pypi.org is covered by the request's own @pypi
+    assert s["request"] == {"allow_domains": ["@pypi", "new.test"]}
+
+
+def test_the_notice_table_reads_left_to_right(notice):
+    """JupyterLab's rendered-HTML style right-aligns table cells; every cell says left."""
+    import re
+
+    page = notice.render(notice.denials())["text/html"]
+    cells = re.findall(r"<t[hd]( style='[^']*')?>", page)
+    assert cells and all("text-align:left" in style for style in cells)
+    assert "<table style='text-align:left" in page
+
+
+# --- the kernel side stands alone ------------------------------------------------------------------------------
+
+
+def test_the_kernel_side_needs_only_the_standard_library():
+    """In the kernel, awf_kernel is not installed: /awf/lib holds this folder only."""
+    import pathlib
+    import subprocess
+    import sys
+
+    folder = pathlib.Path(awf_notice.__file__).parent
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import awf_notice, awf_records; "
+            "assert awf_notice.records is awf_records; "
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('awf_kernel', 'IPython', 'traitlets')]; "
+            "print(awf_records.safe_text('a\\x1bb'))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(folder)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "a\\x1bb"
+
+
+def test_the_records_know_the_pods_intercept_ports():
+    from awf_kernel.kernel_side import awf_records
+    from awf_kernel.render import ports
+
+    assert awf_records.INTERCEPT_PORTS == {str(ports.SQUID_HTTP_INTERCEPT): 80, str(ports.SQUID_HTTPS_INTERCEPT): 443}
+    assert awf_records.WEB_PORTS == ports.WEB_PORTS

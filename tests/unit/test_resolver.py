@@ -1,7 +1,9 @@
 """The pod's resolver (containers/proxy/resolver.py) runs where awf_kernel is
 not installed, so it repeats the matching and the reachability rule: check
 they agree with policy.py and addresses.py, that it answers denied and
-malformed queries itself without forwarding, and what it sends back.
+malformed queries itself without forwarding, and what it sends back. The log
+reader both `awf-kernel logs` and the in-kernel notice use
+(kernel_side/awf_records.py) decides from policy.json alone: it must agree too.
 
 tests/unit/test_resolver_network.py runs it against a fake upstream."""
 
@@ -22,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from awf_kernel.addresses import NON_GLOBAL_V4, is_reachable, parse_private_destinations
+from awf_kernel.kernel_side import awf_records
 from awf_kernel.policy import Policy, parse_domains
 from awf_kernel.render import ports
 from awf_kernel.render.resolver import render_resolver_config
@@ -49,6 +52,36 @@ def test_resolver_agrees_with_policy(allow, block, host):
         return
     allowed, _, _ = resolver.decide(config_for(policy), host)
     assert allowed == policy.decide(host).allowed
+    assert_records_agree(policy, host)
+
+
+def assert_records_agree(policy: Policy, host: str) -> None:
+    """awf_records.decide on what policy.json records == Policy.decide."""
+    recorded = json.loads(json.dumps({**policy.to_json(), "allow_all": policy.allow_all}))
+    expected = policy.decide(host)
+    assert awf_records.decide(recorded, host) == (expected.allowed, expected.reason,
+                                                  None if expected.rule is None else str(expected.rule))
+
+
+# Hosts as logs carry them: names in any case, with a trailing dot, malformed,
+# IPs in every form a socket accepts, escaped (safe_text) hostile names.
+odd_hosts = st.sampled_from([
+    "127.0.0.1", "127.1", "0x7f.1", "0x7f000001", "2130706433", "017700000001", "1.2.3.4.", "[::1]", "::ffff:1.2.3.4",
+    "[fe80::1]", "a.123", "a.0x1f", "A.B.", "api.ALLOWED.test.", "a..b", "-a.test", "a-.test", "x_y.test", "",
+    ".", "..", "localhost", "a.b\\x0a", "pyp\\u0456.org", "xn--bcher-kva.test", "*.a.b", "a b.test", "a" * 64 + ".b",
+])
+
+
+@settings(max_examples=500, deadline=None)
+@given(allow=st.lists(entries, max_size=4), block=st.lists(entries, max_size=2), host=hosts | odd_hosts,
+       record_all=st.booleans())
+def test_log_reader_agrees_with_policy(allow, block, host, record_all):
+    try:
+        policy = Policy(allow=parse_domains(allow, "t"), block=parse_domains(block, "t"), allow_all=record_all)
+    except Exception:  # noqa: BLE001 - generated public suffixes are refused; not what this tests
+        return
+    assert_records_agree(policy, host)
+    assert awf_records.is_ip_literal(host) == (policy.decide(host).reason == "raw-ip")
 
 
 def test_config_carries_the_one_non_global_list_and_the_listen_port():
