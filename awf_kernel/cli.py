@@ -138,6 +138,12 @@ def _gc(args) -> int:
     return 0
 
 
+def _broker(args) -> int:
+    from .broker.server import main as serve
+
+    return serve(args.config, args.socket)
+
+
 def _presets(args) -> int:
     from .presets import PRESETS
 
@@ -203,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="remove every awf-kernel pod, running or not")
     s.add_argument("--dry-run", action="store_true")
     s.set_defaults(func=_gc)
+
+    s = sub.add_parser("broker", help="run the hub-mode broker: the only process that talks to Docker "
+                                      "(run by the operator as root; see docs/broker.md)")
+    s.add_argument("--config", metavar="FILE", help="the broker's config file (Python or JSON: "
+                                                    "c.BrokerConfig.allow_domains = [...])")
+    s.add_argument("--socket", metavar="PATH", help="listen here instead of BrokerConfig.socket_path")
+    s.set_defaults(func=_broker)
     return p
 
 
