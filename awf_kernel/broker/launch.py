@@ -261,6 +261,22 @@ def make_audit_dir(paths: KernelPaths, user: User, meta: dict) -> None:
     os.replace(tmp, os.path.join(paths.audit_dir, "policy.json"))  # replaces whatever the proxy's uid put there
 
 
+def audit_owner(paths: KernelPaths) -> int | None:
+    """Whose audit folder is there for this kernel id: None (none yet), the
+    owner's uid from policy.json (the broker's own file), or -1 (unknown)."""
+    if not os.path.lexists(paths.audit_dir):
+        return None
+    try:
+        fd = os.open(os.path.join(paths.audit_dir, "policy.json"), os.O_RDONLY | os.O_NOFOLLOW)
+        with open(fd) as f:
+            meta = json.load(f)
+            mine = os.fstat(f.fileno()).st_uid == os.geteuid()
+    except (OSError, ValueError):
+        return -1
+    owner = meta.get("owner_uid") if isinstance(meta, dict) and mine else None
+    return owner if isinstance(owner, int) and not isinstance(owner, bool) else -1
+
+
 def discard_empty_audit_dir(paths: KernelPaths) -> None:
     d = pathlib.Path(paths.audit_dir)
     if d.is_dir() and all(p.name == "policy.json" or p.stat().st_size == 0 for p in d.iterdir()):
@@ -301,7 +317,8 @@ def start(req: StartRequest, user: User, cfg: BrokerConfig,
     sandbox.require_image(cfg.proxy_image, "proxy_image")
     egress = sandbox.egress_network(cfg.egress_network)
     paths = paths_for(cfg, kid, user.uid)
-    if os.path.lexists(paths.state_dir):
+    if os.path.lexists(paths.state_dir) or audit_owner(paths) not in (None, user.uid):
+        # another kernel's files (another user's audit trail) are never taken over
         raise StartRefused(f"kernel id {kid} is in use", hint="start with a new kernel id")
     user_base(cfg, user)
     try:

@@ -625,6 +625,11 @@ def test_signal_status_and_gc_of_a_dead_kernel(broker, users, u1_kernel, docker_
     assert as_user(u2, call, broker.url, "gc")["removed"] == [k.kernel_id]
     assert pods_of(docker_client, u2) == []
     assert kernel_ids(u2, broker.url) == []
+    # its audit trail stays, readable by its owner, and its id is not another user's to take
+    assert as_user(u2, call, broker.url, "logs", kernel_id=k.kernel_id)["total"] >= 0
+    assert refused(users[0], broker.url, "logs", kernel_id=k.kernel_id).code == "no-such-kernel"
+    err = refused(users[0], broker.url, "start", **start_request(users[0].home, kernel_id=k.kernel_id))
+    assert err.code == "refused" and "in use" in err.message
     assert as_user(users[0], call, broker.url, "status", kernel_id=u1_kernel.kernel_id)["running"] is True
 
 
