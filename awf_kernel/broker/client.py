@@ -48,7 +48,8 @@ def socket_path(url: str) -> str:
         raise BrokerError(f"broker address {url!r} is not unix:///path/to/broker.sock", "unreachable",
                           hint=f"set it like {DEFAULT_URL}")
     if not path.startswith("/"):
-        raise BrokerError(f"broker address {url!r}: the socket path must be absolute", "unreachable")
+        raise BrokerError(f"broker address {url!r}: the socket path must be absolute", "unreachable",
+                          hint=f"set it like {DEFAULT_URL}")
     return path
 
 

@@ -54,7 +54,7 @@ def run_as(uid: int, gid: int, gids: tuple[int, ...], op: str, payload: dict,
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(awf_kernel.__file__)))
     request = {"uid": uid, "gid": gid, "gids": list(gids), "op": op, "payload": payload}
     try:
-        done = subprocess.run([sys.executable, "-m", "awf_kernel.broker.userside"],
+        done = subprocess.run([sys.executable, "-s", "-m", "awf_kernel.broker.userside"],
                               input=json.dumps(request).encode(), capture_output=True, cwd="/",
                               env={"PYTHONPATH": pkg_root, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                                    "LANG": "C.UTF-8"},
