@@ -668,3 +668,11 @@ def test_a_restarted_broker_keeps_the_kernels_and_their_owners(broker, users, u1
     as_user(u2, call, broker.url, "stop", kernel_id=k.kernel_id)
     assert pods_of(docker_client, u2) == []
     assert kernel_ids(u2, broker.url) == []
+
+
+def test_root_sees_every_kernel_and_collects_only_dead_ones(broker, users, u1_kernel):
+    u1 = users[0]
+    kernels = call(broker.url, "list")["kernels"]  # the test process is root
+    assert [(k["kernel_id"], k["owner_uid"], k["running"]) for k in kernels] == [(u1_kernel.kernel_id, u1.uid, True)]
+    assert call(broker.url, "gc")["removed"] == []
+    assert as_user(u1, call, broker.url, "status", kernel_id=u1_kernel.kernel_id)["running"] is True
