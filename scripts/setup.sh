@@ -13,6 +13,19 @@ main() {
   log "awf-kernel build"
   awf-kernel build
   awf-kernel install --user
+  ensure_chp
+}
+
+ensure_chp() {
+  # The hub tests (tests/hub) run a real JupyterHub, whose proxy is Node's
+  # configurable-http-proxy from npm.
+  if command -v configurable-http-proxy >/dev/null 2>&1; then return; fi
+  if ! command -v npm >/dev/null 2>&1; then
+    log "apt-get install nodejs npm"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+  fi
+  log "npm install -g configurable-http-proxy"
+  npm install -g --no-fund --no-audit --loglevel=error configurable-http-proxy
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi
