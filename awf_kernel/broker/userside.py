@@ -28,7 +28,6 @@ import json
 import os
 import posixpath
 import shutil
-import socket
 import stat
 import subprocess
 import sys
