@@ -86,12 +86,16 @@ def resource_name(kernel_id: str, role: str) -> str:
     return f"awf-{short_id(kernel_id)}-{role}"
 
 
-def kernel_filter(kernel_id: str | None = None, *, owned: bool = False) -> dict[str, list[str]]:
+def kernel_filter(kernel_id: str | None = None, *, owned: bool = False,
+                  server: str | None = None) -> dict[str, list[str]]:
     """A docker SDK `filters` value selecting our resources (of one kernel;
-    `owned`: only the broker's, which carry an owner)."""
+    `owned`: only the broker's, which carry an owner; `server`: only those
+    one server or broker made)."""
     wanted = [f"{MANAGED}=true"]
     if kernel_id:
         wanted.append(f"{KERNEL_ID}={kernel_id}")
     if owned:
         wanted.append(OWNER_UID)
+    if server:
+        wanted.append(f"{SERVER}={server}")
     return {"label": wanted}

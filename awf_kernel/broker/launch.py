@@ -37,9 +37,15 @@ from .identity import User
 from .protocol import PORT_NAMES, StartRequest
 
 ADDONS_DIR = pathlib.Path(__file__).resolve().parents[1] / "kernel_side"
-# The server label of a brokered pod. Not "host:pid": `awf-kernel gc` would
-# take a restarted broker's kernels for a dead Jupyter server's.
+# The server label of a brokered pod names the broker by its runtime folder,
+# so each broker finds its own pods again (several brokers may share an
+# engine: test runs, staging). Not "host:pid": `awf-kernel gc` would take a
+# restarted broker's kernels for a dead Jupyter server's.
 SERVER_LABEL = "awf-broker"
+
+
+def server_label(cfg: BrokerConfig) -> str:
+    return f"{SERVER_LABEL}:{cfg.runtime()}"
 
 
 class StartRefused(AWFError):
@@ -194,7 +200,7 @@ def pod_settings(cfg: BrokerConfig, req: StartRequest, user: User, *, image: str
         network=network, uid=user.uid, gid=user.gid, connection_dir=paths.state_dir,
         audit_dir=paths.audit_dir, env=dict(req.env), workdir=workdir, mounts=mounts,
         mem_limit=cfg.mem_limit or None, cpu_limit=cfg.cpu_limit or None, pids_limit=cfg.pids_limit or None,
-        server=SERVER_LABEL, addons_dir=str(ADDONS_DIR) if cfg.cell_notices else None,
+        server=server_label(cfg), addons_dir=str(ADDONS_DIR) if cfg.cell_notices else None,
         dns_servers=tuple(cfg.dns_servers), read_only_image=cfg.read_only_image, tmp_size=cfg.tmp_size or None,
         owner_uid=user.uid)
 

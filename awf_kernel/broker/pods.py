@@ -17,7 +17,7 @@ import shutil
 
 from .. import audit, naming
 from ..sandbox import docker as sandbox
-from . import userside
+from . import launch, userside
 from .config import BrokerConfig
 from .launch import KernelRecord, load_record, paths_for
 
@@ -28,7 +28,7 @@ NOBODY = -1  # owner of a pod whose owner label is missing or inconsistent: root
 def rebuild(cfg: BrokerConfig) -> dict[str, KernelRecord]:
     """The table of kernels, from the engine's labels (and their record files)."""
     table = {}
-    for found in sandbox.labelled_pods(owned=True):
+    for found in sandbox.labelled_pods(owned=True, server=launch.server_label(cfg)):
         try:
             naming.valid_kernel_id(found.kernel_id)
         except ValueError:

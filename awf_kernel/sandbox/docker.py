@@ -337,18 +337,20 @@ class LabelledPod:
     kernel_running: bool
 
 
-def labelled_pods(owned: bool = True) -> list[LabelledPod]:
+def labelled_pods(owned: bool = True, server: str | None = None) -> list[LabelledPod]:
     """Every pod on the engine (only the broker's, which carry an owner, by
-    default), grouped by kernel id, found by label only."""
+    default; only one broker's, by its server label), grouped by kernel id,
+    found by label only."""
     c = client()
+    selected = naming.kernel_filter(owned=owned, server=server)
     members: dict[str, dict] = {}
     owners: dict[str, set] = {}
-    for container in c.containers.list(all=True, filters=naming.kernel_filter(owned=owned)):
+    for container in c.containers.list(all=True, filters=selected):
         kid = container.labels.get(naming.KERNEL_ID, "")
         members.setdefault(kid, {})[container.labels.get(naming.ROLE)] = container
         owners.setdefault(kid, set()).add(naming.owner_from_label(container.labels.get(naming.OWNER_UID)))
     networks: dict[str, str] = {}
-    for net in c.networks.list(filters=naming.kernel_filter(owned=owned)):
+    for net in c.networks.list(filters=selected):
         labels = net.attrs.get("Labels") or {}
         kid = labels.get(naming.KERNEL_ID, "")
         networks[kid] = net.name

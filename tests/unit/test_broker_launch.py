@@ -26,10 +26,11 @@ def _req(**fields):
 
 
 def test_owner_labels():
-    labels = naming.labels(KID, "kernel", "awf-broker", 1234)
-    assert labels[naming.OWNER_UID] == "1234" and labels[naming.SERVER] == "awf-broker"
+    labels = naming.labels(KID, "kernel", "awf-broker:/run/awf-kernel", 1234)
+    assert labels[naming.OWNER_UID] == "1234" and labels[naming.SERVER] == "awf-broker:/run/awf-kernel"
     assert naming.OWNER_UID not in naming.labels(KID, "kernel")
     assert naming.kernel_filter(owned=True) == {"label": [f"{naming.MANAGED}=true", naming.OWNER_UID]}
+    assert naming.kernel_filter(owned=True, server="awf-broker:/run/x")["label"][-1] == f"{naming.SERVER}=awf-broker:/run/x"
     for value, uid in [("1234", 1234), ("0", 0), ("", None), ("-1", None), ("12a", None), ("1" * 11, None),
                        (None, None), ("\u0661", None)]:
         assert naming.owner_from_label(value) == uid, value
@@ -75,7 +76,7 @@ def test_connection_info_and_pod_settings():
     assert paths.audit_dir == f"/var/lib/awf-kernel/audit/{KID}"
     s = launch.pod_settings(cfg, req, USER, image=cfg.image, network="bridge", paths=paths,
                             workdir="/home/alice", mounts=())
-    assert (s.uid, s.gid, s.owner_uid, s.server) == (1234, 1234, 1234, launch.SERVER_LABEL)
+    assert (s.uid, s.gid, s.owner_uid, s.server) == (1234, 1234, 1234, "awf-broker:/run/awf-kernel")
     assert s.kernel_ports == tuple(PORTS.values()) and s.env == {"LANG": "C.UTF-8"}
     assert (s.mem_limit, s.pids_limit, s.dns_servers) == (None, None, ("10.0.0.2",))
     for kwargs in (podspec.proxy_create_kwargs(s), podspec.kernel_create_kwargs(s, "proxyid"),
@@ -118,3 +119,10 @@ def test_verify_mounts_compares_what_the_container_sees(tmp_path, monkeypatch):
         launch.verify_mounts(pod, {str(tmp_path / "a"): [st.st_dev, st.st_ino]})
     monkeypatch.setattr(launch.sandbox, "container_pid", lambda cid: None)
     launch.verify_mounts(pod, {str(tmp_path / "a"): [0, 0]})  # an exited kernel has no mounts in use
+
+
+def test_single_user_gc_never_takes_a_brokers_pods_for_a_dead_servers():
+    from awf_kernel.sandbox.gc import _server_alive
+
+    assert _server_alive(launch.server_label(BrokerConfig())) is True
+    assert _server_alive(launch.server_label(BrokerConfig(runtime_dir="/run/x:1"))) is True
