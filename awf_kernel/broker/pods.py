@@ -49,7 +49,7 @@ def rebuild(cfg: BrokerConfig) -> dict[str, KernelRecord]:
 
 def id_taken(kernel_id: str) -> bool:
     """Some pod on the engine (the broker's or a single-user server's) has this kernel id."""
-    return bool(sandbox.client().containers.list(all=True, filters=naming.kernel_filter(kernel_id)))
+    return bool(sandbox.client().api.containers(all=True, filters=naming.kernel_filter(kernel_id)))
 
 
 def rehold(cfg: BrokerConfig, table: dict[str, KernelRecord], holder: tuple[str, int]) -> None:

@@ -345,10 +345,13 @@ def labelled_pods(owned: bool = True, server: str | None = None) -> list[Labelle
     selected = naming.kernel_filter(owned=owned, server=server)
     members: dict[str, dict] = {}
     owners: dict[str, set] = {}
-    for container in c.containers.list(all=True, filters=selected):
-        kid = container.labels.get(naming.KERNEL_ID, "")
-        members.setdefault(kid, {})[container.labels.get(naming.ROLE)] = container
-        owners.setdefault(kid, set()).add(naming.owner_from_label(container.labels.get(naming.OWNER_UID)))
+    # The engine's own listing (Labels, State) in one call: no per-container
+    # inspect, which fails when a container goes away meanwhile.
+    for container in c.api.containers(all=True, filters=selected):
+        labels = container.get("Labels") or {}
+        kid = labels.get(naming.KERNEL_ID, "")
+        members.setdefault(kid, {})[labels.get(naming.ROLE)] = container
+        owners.setdefault(kid, set()).add(naming.owner_from_label(labels.get(naming.OWNER_UID)))
     networks: dict[str, str] = {}
     for net in c.networks.list(filters=selected):
         labels = net.attrs.get("Labels") or {}
@@ -361,8 +364,8 @@ def labelled_pods(owned: bool = True, server: str | None = None) -> list[Labelle
         found = owners.get(kid, set())
         kernel, proxy = roles.get("kernel"), roles.get("proxy")
         out.append(LabelledPod(kid, next(iter(found)) if len(found) == 1 else None,
-                               proxy.id if proxy else None, kernel.id if kernel else None,
-                               networks.get(kid), bool(kernel and kernel.status == "running")))
+                               proxy["Id"] if proxy else None, kernel["Id"] if kernel else None,
+                               networks.get(kid), bool(kernel and kernel.get("State") == "running")))
     return out
 
 
