@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .. import naming
-from ..errors import AWFError
+from ..errors import AWFError, ImageMissing, NetworkMissing
 from ..policy import Policy, PolicyRequest, parse_domains, resolve_policy
 from ..render import pod as podspec
 from ..render import ports as pod_ports
@@ -319,9 +319,13 @@ def start(req: StartRequest, user: User, cfg: BrokerConfig,
     kid = req.kernel_id
     policy, ceiling = effective_policy(cfg, req)
     image = choose_image(cfg, req)
-    sandbox.require_image(image, "image")
-    sandbox.require_image(cfg.proxy_image, "proxy_image")
-    egress = sandbox.egress_network(cfg.egress_network)
+    try:
+        sandbox.require_image(image, "image")
+        sandbox.require_image(cfg.proxy_image, "proxy_image")
+        egress = sandbox.egress_network(cfg.egress_network)
+    except (ImageMissing, NetworkMissing) as exc:
+        raise AWFError(exc.message, hint="the broker's operator can fix this: `awf-kernel build`, or "
+                                         "BrokerConfig.image / proxy_image / egress_network") from None
     paths = paths_for(cfg, kid, user.uid)
     if os.path.lexists(paths.state_dir) or audit_owner(paths) not in (None, user.uid):
         # another kernel's files (another user's audit trail) are never taken over
