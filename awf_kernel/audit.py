@@ -216,11 +216,10 @@ def summary(recs: list[dict], meta: dict | None = None) -> dict:
 
 
 def _entries_to_add(recs: list[dict], meta: dict) -> list[str]:
-    policy = meta.get("policy") if isinstance(meta.get("policy"), dict) else {}
-    record_mode = policy.get("mode") == "record"
+    policy, request = meta.get("policy"), meta.get("request")
+    record_mode = isinstance(policy, dict) and policy.get("mode") == "record"
     own: tuple = ()
-    if record_mode:
-        request = meta.get("request") if isinstance(meta.get("request"), dict) else {}
+    if record_mode and isinstance(request, dict):
         try:
             own = parse_domains(request.get("allow_domains") or [], "policy.json request")
         except PolicyError:

@@ -93,7 +93,8 @@ def _spec_checks(kernel_name: str, provisioner_name: str) -> list[Check]:
         else:
             out.append(Check("kernel spec", True, f"{kernel_name} in {spec.resource_dir}"))
     except NoSuchKernel:
-        out.append(Check("kernel spec", False, f"kernel spec {kernel_name} is not installed", "awf-kernel install --user"))
+        out.append(Check("kernel spec", False, f"kernel spec {kernel_name} is not installed",
+                         "awf-kernel install --user"))
     factory = KernelProvisionerFactory.instance()
     if provisioner_name in factory.provisioners:
         out.append(Check("provisioner", True, f"{provisioner_name} entry point registered (awf-kernel {__version__})"))

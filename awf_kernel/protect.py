@@ -538,17 +538,17 @@ def protect(mounts: Sequence[Mount], *, homes: Sequence[str], scratch_dir: str,
         made: list[Placeholder] = []
         failed: set[str] = set()
         try:
-            for it in holds:
+            for hold in holds:
                 try:
-                    made.append(make_placeholder(it.path, it.is_dir))
+                    made.append(make_placeholder(hold.path, hold.is_dir))
                 except FileExistsError:
                     pass  # appeared meanwhile (the host user): protected as it is
                 except OSError as exc:
                     if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                        raise ProtectionError(f"cannot hold {it.path} ({it.rule.entry}) with a placeholder: "
+                        raise ProtectionError(f"cannot hold {hold.path} ({hold.rule.entry}) with a placeholder: "
                                               f"{exc}") from None
-                    failed.add(it.path)
-                    warnings.append(f"cannot create a placeholder at {it.path} ({exc.strerror}); a kernel "
+                    failed.add(hold.path)
+                    warnings.append(f"cannot create a placeholder at {hold.path} ({exc.strerror}); a kernel "
                                     f"running as another user than this server could create it")
             result = Protection(placeholders=list(made), warnings=warnings)
             empty_dir = os.path.join(scratch_dir, "empty-folder")

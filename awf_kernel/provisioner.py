@@ -315,6 +315,16 @@ class AWFProvisioner(KernelProvisionerBase):
     def has_process(self) -> bool:
         return self.pod is not None
 
+    @property
+    def _km(self) -> Any:
+        """The KernelManager this provisioner serves (its parent): ports, connection file."""
+        return self.parent
+
+    def _kernel_ports(self) -> tuple[int, ...]:
+        """The five ZMQ ports of the connection info, in PORT_NAMES order."""
+        info: dict[str, Any] = dict(self.connection_info)
+        return tuple(int(info[name]) for name in PORT_NAMES)
+
     async def _docker(self, fn, *args, **kwargs):
         return await asyncio.to_thread(fn, *args, **kwargs)
 
@@ -327,7 +337,7 @@ class AWFProvisioner(KernelProvisionerBase):
             naming.valid_kernel_id(self.kernel_id)  # joined into folders, names and labels below
         except ValueError as exc:
             raise SandboxStartError(str(exc), hint="let jupyter_client choose the kernel id") from None
-        km = self.parent
+        km = self._km
         launcher_env = dict(kwargs.pop("env", os.environ))  # what the launcher gave, even if empty
         kwargs.pop("transport_encryption", None)
         kwargs.pop("extra_arguments", None)
@@ -530,7 +540,7 @@ class AWFProvisioner(KernelProvisionerBase):
             # hide the error that stopped the start: each one's own failure is
             # logged and the next one still runs.
             for step in (self._remove_connection_dir, self._remove_placeholders, self._discard_empty_audit_dir,
-                         self.parent.cleanup_connection_file, self._return_ports):
+                         self._km.cleanup_connection_file, self._return_ports):
                 try:
                     step()
                 except Exception:  # noqa: BLE001 - the start's own error is what the user must see
@@ -550,7 +560,7 @@ class AWFProvisioner(KernelProvisionerBase):
             proxy_image=self.proxy_image,
             kernel_image=self.image,
             kernel_cmd=tuple(cmd),
-            kernel_ports=tuple(int(self.connection_info[p]) for p in PORT_NAMES),
+            kernel_ports=self._kernel_ports(),
             network=egress.name if not egress.internal else podspec.ingress_network_name(self.kernel_id),
             uid=uid, gid=gid,
             connection_dir=self.connection_dir,
@@ -605,7 +615,7 @@ class AWFProvisioner(KernelProvisionerBase):
         return False
 
     async def wait(self) -> int | None:
-        ret = 0
+        ret: int | None = 0
         while self.pod is not None and (ret := await self.poll()) is None:
             await asyncio.sleep(0.1)
         return ret
@@ -634,8 +644,8 @@ class AWFProvisioner(KernelProvisionerBase):
     def _return_ports(self) -> None:
         if self.ports_cached:
             lpc = LocalPortCache.instance()
-            for name in PORT_NAMES:
-                lpc.return_port(int(self.connection_info[name]))
+            for port in self._kernel_ports():
+                lpc.return_port(port)
             self.ports_cached = False
 
     def _discard_empty_audit_dir(self) -> None:

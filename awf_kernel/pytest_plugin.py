@@ -22,7 +22,7 @@ KERNEL_PREFIX = "awf"
 
 
 def _is_awf_kernel(name: str | None) -> bool:
-    return bool(name) and name.startswith(KERNEL_PREFIX)
+    return name is not None and name.startswith(KERNEL_PREFIX)
 
 
 def _nbval_file(item):

@@ -19,7 +19,9 @@ from nbclient import NotebookClient
 
 from . import audit
 from .check import server_config
+from .errors import AWFError
 from .policy import parse_domains
+from .provisioner import AWFProvisioner
 from .policy_source import POLICY_ENV, SESSION_ENV
 
 
@@ -47,6 +49,9 @@ def record(notebook: str, *, kernel_name: str, write: bool = True, timeout: floa
     try:
         client.execute(env={POLICY_ENV: json.dumps(request), SESSION_ENV: path})
         kernel_id, prov = km.kernel_id, km.provisioner
+        if not isinstance(prov, AWFProvisioner):
+            raise AWFError(f"kernel spec {kernel_name!r} does not use the awf-provisioner",
+                           hint="record with an awf-kernel spec (`awf-kernel install`), e.g. --kernel-name awf-python")
         audit_dir, admin_allow = prov.audit_dir, parse_domains(prov.allow_domains, "allow_domains")
     finally:
         if km.has_kernel:

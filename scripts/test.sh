@@ -62,6 +62,9 @@ safety_net() {
 
 main() {
   bash scripts/setup.sh
+  log "ruff check (lint) and mypy (types), configured in pyproject.toml"
+  python3 -m ruff check awf_kernel tests
+  python3 -m mypy
   safety_net
   local rc=0
   python3 -m pytest "$@" || rc=$?

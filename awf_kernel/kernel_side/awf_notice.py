@@ -112,9 +112,9 @@ class Notice:
             if rec["decision"] == "denied":
                 add(rec["host"], None, "dns")
         for raw in self._new_lines("access.jsonl"):
-            rec = records.proxy_record(raw)
-            if rec is not None and rec["decision"] == "denied":
-                add(rec["host"], rec["port"], rec["kind"])
+            proxied = records.proxy_record(raw)
+            if proxied is not None and proxied["decision"] == "denied":
+                add(proxied["host"], proxied["port"], proxied["kind"])
         with _lock:
             for ip, port, via in _direct:
                 add(ip, port, via)
@@ -127,7 +127,9 @@ class Notice:
         """Why `shown` (an escaped host) was denied, what would allow it, and
         whether an allow_domains entry in the notebook alone would; `name` is
         its canonical host name, None when it is not a valid one."""
-        policy = self.meta.get("policy") if isinstance(self.meta.get("policy"), dict) else {}
+        policy = self.meta.get("policy")
+        if not isinstance(policy, dict):
+            policy = {}
         if ports and all(p not in WEB_PORTS for p in ports):
             return (f"port {', '.join(map(str, ports))}: only ports 80 and 443 ever leave the sandbox",
                     "use HTTP(S) on ports 80/443", False)
@@ -241,7 +243,8 @@ def _patch_socket() -> None:
             _note(args[-1], "udp")
             raise
 
-    socket.socket.connect, socket.socket.connect_ex, socket.socket.sendto = connect, connect_ex, sendto
+    for name, patched in (("connect", connect), ("connect_ex", connect_ex), ("sendto", sendto)):
+        setattr(socket.socket, name, patched)
 
 
 def load_ipython_extension(ip) -> None:

@@ -94,7 +94,8 @@ def render_ipv4_rules(*, kernel_ports: Iterable[int], server_address: str | None
         # The kernel on loopback: the explicit proxy port and its own TCP
         # servers; never the proxy's internal ports directly, never UDP (the
         # proxy's DNS sockets), never 127.0.0.11 (Docker's resolver).
-        f"-A AWF_OUTPUT -d 127.0.0.1/32 -p tcp -m multiport --dports {proxy_internal} -j REJECT --reject-with tcp-reset",
+        f"-A AWF_OUTPUT -d 127.0.0.1/32 -p tcp -m multiport --dports {proxy_internal} "
+        "-j REJECT --reject-with tcp-reset",
         "-A AWF_OUTPUT -d 127.0.0.1/32 -p tcp -j ACCEPT",
         # The proxy leaving: DNS to the upstreams the admin named (wherever they
         # are), never the Docker host otherwise, then web ports to globally

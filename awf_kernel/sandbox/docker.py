@@ -244,7 +244,8 @@ def _tar(files: dict[str, bytes]) -> bytes:
         dirs = sorted({name.rsplit("/", 1)[0] for name in files if "/" in name})
         for d in dirs:
             info = tarfile.TarInfo(d)
-            info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, ports.PROXY_UID, ports.PROXY_UID, time.time()
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, time.time()
+            info.uid = info.gid = ports.PROXY_UID
             tar.addfile(info)
         for name, data in sorted(files.items()):
             info = tarfile.TarInfo(name)

@@ -26,16 +26,21 @@ def _server_alive(server: str) -> bool:
     return True
 
 
+def _pod_containers() -> list[dict]:
+    """Every pod container as the engine lists it (Labels, State), in one call:
+    no per-container inspect, which fails when a kernel stops meanwhile."""
+    return client().api.containers(all=True, filters=naming.kernel_filter())
+
+
 def leftover_kernels(everything: bool = False) -> dict[str, str]:
     """kernel id -> why it counts as dead. A pod is dead when its kernel
     container is not running, or the server that started it is gone."""
-    c = client()
     pods: dict[str, dict] = {}
-    for container in c.containers.list(all=True, filters=naming.kernel_filter()):
-        kid = container.labels.get(naming.KERNEL_ID, "")
-        pods.setdefault(kid, {})[container.labels.get(naming.ROLE)] = container
-    for net in c.networks.list(filters=naming.kernel_filter()):
-        pods.setdefault(net.attrs["Labels"].get(naming.KERNEL_ID, ""), {})
+    for container in _pod_containers():
+        labels = container.get("Labels") or {}
+        pods.setdefault(labels.get(naming.KERNEL_ID, ""), {})[labels.get(naming.ROLE)] = container
+    for net in client().networks.list(filters=naming.kernel_filter()):
+        pods.setdefault((net.attrs.get("Labels") or {}).get(naming.KERNEL_ID, ""), {})
     dead = {}
     for kid, members in pods.items():
         kernel = members.get("kernel")
@@ -43,17 +48,16 @@ def leftover_kernels(everything: bool = False) -> dict[str, str]:
             dead[kid] = "--all"
         elif kernel is None:
             dead[kid] = "no kernel container"
-        elif kernel.status != "running":
-            dead[kid] = f"kernel container {kernel.status}"
-        elif not _server_alive(kernel.labels.get(naming.SERVER, "")):
+        elif kernel.get("State") != "running":
+            dead[kid] = f"kernel container {kernel.get('State')}"
+        elif not _server_alive((kernel.get("Labels") or {}).get(naming.SERVER, "")):
             dead[kid] = "its Jupyter server is gone"
     return dead
 
 
 def stale_connection_dirs() -> list[pathlib.Path]:
     """Per-kernel connection folders whose kernel no longer exists."""
-    live = {k.labels.get(naming.KERNEL_ID, "")[:8]
-            for k in client().containers.list(all=True, filters=naming.kernel_filter())}
+    live = {(k.get("Labels") or {}).get(naming.KERNEL_ID, "")[:8] for k in _pod_containers()}
     out = []
     for d in pathlib.Path(tempfile.gettempdir()).glob("awf-kernel-*"):
         short = d.name[len("awf-kernel-"):].split("-", 1)[0]

@@ -30,7 +30,8 @@ def test_owner_labels():
     assert labels[naming.OWNER_UID] == "1234" and labels[naming.SERVER] == "awf-broker:/run/awf-kernel"
     assert naming.OWNER_UID not in naming.labels(KID, "kernel")
     assert naming.kernel_filter(owned=True) == {"label": [f"{naming.MANAGED}=true", naming.OWNER_UID]}
-    assert naming.kernel_filter(owned=True, server="awf-broker:/run/x")["label"][-1] == f"{naming.SERVER}=awf-broker:/run/x"
+    assert naming.kernel_filter(owned=True, server="awf-broker:/run/x")["label"][-1] == \
+        f"{naming.SERVER}=awf-broker:/run/x"
     for value, uid in [("1234", 1234), ("0", 0), ("", None), ("-1", None), ("12a", None), ("1" * 11, None),
                        (None, None), ("\u0661", None)]:
         assert naming.owner_from_label(value) == uid, value

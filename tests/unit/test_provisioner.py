@@ -325,6 +325,8 @@ def test_a_failed_start_cleans_up_and_keeps_its_error(tmp_path, docker_free, mon
     assert ran == ["_remove_placeholders", "_discard_empty_audit_dir", "_return_ports"]
     assert prov.parent.calls[-1] == "cleanup_connection_file"
     assert prov.connection_dir is None and prov.pod is None
+    monkeypatch.undo()
+    prov._remove_placeholders()  # what the broken step left: the scratch folder of the protection
 
 
 def test_a_failed_start_removes_what_it_made(tmp_path, docker_free, monkeypatch):

@@ -183,7 +183,8 @@ def test_squid_denies_non_global_destinations_before_allowing():
     conf = squid.render_squid_conf(policy(["a.test"]), kernel_id="k", allowed_private=["10.20.0.0/16"])
     access = [l for l in conf.splitlines() if l.startswith("http_access")]
     deny = access.index("http_access deny to_non_global !to_allowed_private")
-    assert deny < access.index("http_access allow CONNECT https_intercept") < access.index("http_access allow awf_allow")
+    assert deny < access.index("http_access allow CONNECT https_intercept") \
+        < access.index("http_access allow awf_allow")
     assert "acl to_allowed_private dst 10.20.0.0/16" in conf
     from awf_kernel import addresses
     assert ("acl to_non_global dst " + " ".join(addresses.NON_GLOBAL_V4)) in conf
