@@ -13,7 +13,7 @@ Grammar (stricter than AWF, where `github.com` also admits subdomains):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import CeilingError, PolicyError
@@ -235,7 +235,6 @@ class Policy:
     block: tuple[DomainRule, ...] = ()
     mode: str = "enforce"
     allow_all: bool = False  # record mode without a ceiling: everything not blocked
-    sources: tuple[str, ...] = field(default=(), compare=False)
 
     def decide(self, host: str) -> Decision:
         """Deny wins: a block rule beats any allow rule, whoever set either."""
@@ -287,5 +286,4 @@ def resolve_policy(*, admin_allow: tuple[DomainRule, ...] = (), admin_block: tup
         allow = tuple(dict.fromkeys(allow + (ceiling or ())))
         allow_all = ceiling is None
     block = tuple(dict.fromkeys(admin_block + request.block))
-    return Policy(allow=allow, block=block, mode=mode, allow_all=allow_all,
-                  sources=(request.source,) if request.source else ())
+    return Policy(allow=allow, block=block, mode=mode, allow_all=allow_all)

@@ -256,16 +256,6 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def container_state(container_id: str) -> tuple[bool, int | None]:
-    """(running, exit code). A container that is gone counts as exited with -1."""
-    try:
-        attrs = client().api.inspect_container(container_id)
-    except NotFound:
-        return False, -1
-    state = attrs["State"]
-    return bool(state.get("Running")), state.get("ExitCode")
-
-
 def pod_state(pod: Pod) -> tuple[bool, int | None]:
     """The kernel's (running, exit code), judged on the whole pod: a kernel
     whose proxy stopped, or any pod container that started again since the pod
