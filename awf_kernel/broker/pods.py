@@ -125,7 +125,7 @@ def orphans(cfg: BrokerConfig, table: dict[str, KernelRecord]) -> dict[str, dict
     """Kernel folders without a kernel in the table (a broker that died in
     the middle of a start): kernel id -> their record (owner, ...)."""
     base = pathlib.Path(cfg.runtime()) / "kernels"
-    out = {}
+    out: dict[str, dict] = {}
     if not base.is_dir():
         return out
     for d in base.iterdir():

@@ -20,6 +20,7 @@ import signal
 import socket
 import stat
 import time
+from typing import TypeVar
 
 from .. import __version__
 from ..audit import safe_text
@@ -30,6 +31,14 @@ from . import identity, launch, pods, protocol, userside
 from .launch import KernelRecord
 
 log = logging.getLogger("awf_kernel.broker")
+T = TypeVar("T")
+
+
+def _required(value: T | None, name: str) -> T:
+    """A field the op's schema requires (parse_request made sure it is there)."""
+    if value is None:
+        raise protocol.ProtocolError(f"{name} is missing")
+    return value
 
 
 def _no_such(kernel_id: str | None) -> dict:
@@ -187,7 +196,8 @@ class Broker:
         except identity.NotAllowed as exc:
             return protocol.error(str(exc), "refused")
         ucfg = self.cfg.for_user(user.name, user.groups)
-        kid = req.start.kernel_id
+        start = _required(req.start, "start")
+        kid = start.kernel_id
         in_use = protocol.error(f"kernel id {kid} is in use", "refused", hint="start with a new kernel id")
         if kid in self.table:
             return in_use
@@ -200,7 +210,7 @@ class Broker:
             if await asyncio.to_thread(pods.id_taken, kid):
                 self.table.pop(kid, None)
                 return in_use
-            record, info = await asyncio.to_thread(launch.start, req.start, user, ucfg, self.holder)
+            record, info = await asyncio.to_thread(launch.start, start, user, ucfg, self.holder)
         except (PolicyError, launch.StartRefused, userside.Refused) as exc:
             self.table.pop(kid, None)
             return protocol.error(getattr(exc, "message", str(exc)), "refused", getattr(exc, "hint", None))
@@ -216,7 +226,7 @@ class Broker:
             raise
         self.table[kid] = record
         return protocol.ok(kernel_id=kid, ip="127.0.0.1", transport="tcp", **record.ports,
-                           signature_scheme=req.start.signature_scheme, **info)
+                           signature_scheme=start.signature_scheme, **info)
 
     async def _op_status(self, peer: identity.Peer, req: protocol.Request) -> dict:
         rec = self._own(peer, req.kernel_id)
@@ -233,7 +243,7 @@ class Broker:
             return _no_such(req.kernel_id)
         if rec.state != "running":
             return protocol.error(f"kernel {rec.kernel_id} is {rec.state}", "busy", hint="try again in a moment")
-        await asyncio.to_thread(pods.send_signal, rec, req.signal)
+        await asyncio.to_thread(pods.send_signal, rec, _required(req.signal, "signal"))
         return protocol.ok()
 
     async def _op_stop(self, peer: identity.Peer, req: protocol.Request) -> dict:
@@ -269,23 +279,25 @@ class Broker:
         return protocol.ok(kernels=out)
 
     async def _op_logs(self, peer: identity.Peer, req: protocol.Request) -> dict:
-        rec = self.table.get(req.kernel_id or "")
-        if rec is not None and self._own(peer, req.kernel_id) is None:
-            return _no_such(req.kernel_id)
-        gid, gids = 0, ()
+        kid = _required(req.kernel_id, "kernel_id")
+        rec = self.table.get(kid)
+        if rec is not None and self._own(peer, kid) is None:
+            return _no_such(kid)
+        gid = 0  # root reads with its own rights
+        gids: tuple[int, ...] = ()
         if peer.uid != 0:
             try:
                 user = identity.user_for(peer.uid, self.cfg.min_uid)
             except identity.NotAllowed:
-                return _no_such(req.kernel_id)
+                return _no_such(kid)
             gid, gids = user.gid, user.gids
         try:
-            found = await asyncio.to_thread(pods.read_logs, self.cfg, req.kernel_id, peer.uid, gid, gids, req.limit)
+            found = await asyncio.to_thread(pods.read_logs, self.cfg, kid, peer.uid, gid, gids, req.limit)
         except userside.Refused:
             found = None
         if found is None:
-            return _no_such(req.kernel_id)
-        return protocol.ok(kernel_id=req.kernel_id, records=found["records"], total=found["total"])
+            return _no_such(kid)
+        return protocol.ok(kernel_id=kid, records=found["records"], total=found["total"])
 
     async def _op_gc(self, peer: identity.Peer, req: protocol.Request) -> dict:
         removed = []
@@ -297,7 +309,8 @@ class Broker:
                 await self._stop(rec)
                 removed.append(rec.kernel_id)
         for kid, saved in (await asyncio.to_thread(pods.orphans, self.cfg, self.table)).items():
-            owner = saved.get("owner_uid") if isinstance(saved.get("owner_uid"), int) else pods.NOBODY
+            recorded = saved.get("owner_uid")
+            owner = recorded if isinstance(recorded, int) else pods.NOBODY
             if kid in self.table or (peer.uid != 0 and owner != peer.uid):
                 continue
             await asyncio.to_thread(pods.stop, self.cfg, kid, owner, int(saved.get("owner_gid") or 0),
