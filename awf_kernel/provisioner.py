@@ -31,8 +31,9 @@ from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Float, Int, List, Unicode, default, validate
 
-from . import __version__, addresses, naming, policy_source
+from . import __version__, addresses, hub_mode, naming, policy_source
 from . import protect
+from .broker.client import BrokerClient, BrokerError
 from .errors import InvalidSetting, PolicyError, SandboxStartError
 from .policy import DomainRule, Policy, PolicyRequest, parse_domains, resolve_policy
 from .render import pod as podspec, ports
@@ -106,6 +107,16 @@ class AWFProvisioner(KernelProvisionerBase):
     or in the kernel spec (`awf-kernel install --set x=...`); the kernel spec
     wins. Notebook metadata can only narrow what these settings permit.
     """
+
+    # --- hub mode ---------------------------------------------------------------
+    broker = Unicode("", config=True, help="""
+        Hub mode: the address of the awf-kernel broker (for example
+        `unix:///run/awf-kernel/broker.sock`). When set, this server never
+        calls Docker: it sends the notebook's request and the launch facts to
+        the broker, whose own config is the only source of admin bounds; the
+        admin settings here are ignored (and logged as ignored). A broker that
+        cannot be reached or refuses is an error at kernel start, never a
+        fallback to local Docker. Empty (default): single-user mode.""")
 
     # --- images -------------------------------------------------------------
     image = Unicode(f"awf-kernel/kernel:{__version__}", config=True, help="""
@@ -313,7 +324,7 @@ class AWFProvisioner(KernelProvisionerBase):
 
     @property
     def has_process(self) -> bool:
-        return self.pod is not None
+        return self.pod is not None or self._hub_kernel
 
     @property
     def _km(self) -> Any:
@@ -337,6 +348,8 @@ class AWFProvisioner(KernelProvisionerBase):
             naming.valid_kernel_id(self.kernel_id)  # joined into folders, names and labels below
         except ValueError as exc:
             raise SandboxStartError(str(exc), hint="let jupyter_client choose the kernel id") from None
+        if self.broker:
+            return await self._pre_launch_hub(kwargs)
         km = self._km
         launcher_env = dict(kwargs.pop("env", os.environ))  # what the launcher gave, even if empty
         kwargs.pop("transport_encryption", None)
@@ -349,6 +362,13 @@ class AWFProvisioner(KernelProvisionerBase):
         await self._docker(sandbox.require_image, self.proxy_image, "proxy_image")
         egress = await self._docker(sandbox.egress_network, self.egress_network)
 
+        self._connection_file(launcher_env)
+        self.plan = self.make_plan(launcher_env, cwd, resolved, egress)
+        return {**kwargs, "cmd": list(self.plan.cmd)}
+
+    def _connection_file(self, launcher_env: dict[str, str]) -> None:
+        """Ports (kept across restarts) and the manager's connection file."""
+        km = self._km
         if km.cache_ports and not self.ports_cached:
             lpc = LocalPortCache.instance()
             for name in PORT_NAMES:
@@ -358,8 +378,48 @@ class AWFProvisioner(KernelProvisionerBase):
         km.write_connection_file(jupyter_session=launcher_env.get("JPY_SESSION_NAME", ""))
         self.connection_info = km.get_connection_info()
 
-        self.plan = self.make_plan(launcher_env, cwd, resolved, egress)
-        return {**kwargs, "cmd": list(self.plan.cmd)}
+    async def _pre_launch_hub(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Hub mode: gather the request and the launch facts; decide nothing."""
+        launcher_env = dict(kwargs.pop("env", os.environ))
+        kwargs.pop("transport_encryption", None)
+        kwargs.pop("extra_arguments", None)
+        cwd = kwargs.pop("cwd", None)
+        ignored = hub_mode.ignored_settings(self)
+        if ignored:
+            self.log.warning("awf-kernel %s: hub mode (broker %s): ignoring %s set on this side; the broker's "
+                             "config decides them", self.kernel_id, self.broker, ", ".join(ignored))
+        self._connection_file(launcher_env)
+        try:
+            self._hub_request = hub_mode.start_request(
+                kernel_id=self.kernel_id, connection_info=dict(self.connection_info), launcher_env=launcher_env,
+                cwd=cwd, root_dir=self._root_dir(), image=self.image,
+                default_image=self.traits()["image"].default(),
+                spec_dir=getattr(self.kernel_spec, "resource_dir", None), log=self.log)
+        except BaseException:
+            self._km.cleanup_connection_file()
+            self._return_ports()
+            raise
+        return {**kwargs, "cmd": ["awf-broker"]}
+
+    def _broker(self) -> BrokerClient:
+        return BrokerClient(self.broker)
+
+    async def _launch_hub(self) -> KernelConnectionInfo:
+        try:
+            reply = await self._broker().acall("start", **self._hub_request)
+        except BaseException:
+            for step in (self._km.cleanup_connection_file, self._return_ports):
+                try:
+                    step()
+                except Exception:  # noqa: BLE001 - the broker's answer is what the user must see
+                    self.log.exception("awf-kernel %s: cleanup after a refused start failed", self.kernel_id)
+            raise
+        self._hub_kernel = True
+        for warning in reply.get("warnings") or ():
+            self.log.warning("awf-kernel %s: %s", self.kernel_id, warning)
+        self.log.info("awf-kernel %s: started by the broker; effective policy %s", self.kernel_id,
+                      json.dumps(reply.get("policy")))
+        return self.connection_info
 
     def make_plan(self, launcher_env: dict[str, str], cwd: str | None, resolved: ResolvedPolicy,
                   egress: sandbox.EgressNetwork) -> LaunchPlan:
@@ -442,6 +502,8 @@ class AWFProvisioner(KernelProvisionerBase):
         return plan.mounts + tuple(self._protection(plan, list(plan.mounts)))
 
     _placeholders: list = []           # protect.Placeholder made on the host for this pod
+    _hub_kernel = False                # hub mode: the broker started a kernel for us
+    _hub_request: dict = {}            # hub mode: the broker's `start` request, made in pre_launch
     _watched: dict = {}                # host path -> (device, inode) of every protected path
     _protect_dir: str | None = None    # holds the empty folder/file mounted over hidden paths
 
@@ -528,6 +590,8 @@ class AWFProvisioner(KernelProvisionerBase):
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Called from `KernelManager._launch_kernel`: makes the pod and returns
         the connection info (127.0.0.1 and the published ports)."""
+        if self.broker:
+            return await self._launch_hub()
         try:
             if self.plan is None:
                 raise SandboxStartError("launch_kernel was called without pre_launch",
@@ -592,6 +656,8 @@ class AWFProvisioner(KernelProvisionerBase):
     # --- running -----------------------------------------------------------------
     async def poll(self) -> int | None:
         """Called from `KernelManager.is_alive`: None while the kernel runs."""
+        if self.broker:
+            return await self._poll_hub()
         if self.pod is None:
             return 0
         if self._protection_broken():
@@ -614,14 +680,34 @@ class AWFProvisioner(KernelProvisionerBase):
                 return True
         return False
 
+    async def _poll_hub(self) -> int | None:
+        if not self._hub_kernel:
+            return 0
+        try:
+            reply = await self._broker().acall("status", kernel_id=self.kernel_id)
+        except BrokerError as exc:
+            if exc.code == "no-such-kernel":
+                return -1
+            # The broker being away says nothing about the kernel: its pod runs on.
+            self.log.warning("awf-kernel %s: cannot ask the broker about the kernel: %s", self.kernel_id, exc)
+            return None
+        if reply.get("running"):
+            return None
+        code = reply.get("exit_code")
+        return code if isinstance(code, int) else -1
+
     async def wait(self) -> int | None:
         ret: int | None = 0
-        while self.pod is not None and (ret := await self.poll()) is None:
+        while self.has_process and (ret := await self.poll()) is None:
             await asyncio.sleep(0.1)
         return ret
 
     async def send_signal(self, signum: int) -> None:
         """Signals reach the kernel through the container's init (tini)."""
+        if self.broker:
+            if self._hub_kernel and signum in (signal.SIGINT, signal.SIGKILL, signal.SIGTERM):
+                await self._broker().acall("signal", kernel_id=self.kernel_id, signal=int(signum))
+            return
         if self.pod is not None:
             await self._docker(sandbox.signal_container, self.pod.kernel_id_container, signum)
 
@@ -634,6 +720,17 @@ class AWFProvisioner(KernelProvisionerBase):
     async def cleanup(self, restart: bool = False) -> None:
         """Called from `KernelManager.cleanup_resources`: removes the whole pod
         (a restart makes a new one with the re-read policy on the same ports)."""
+        if self.broker:
+            if self._hub_kernel:
+                try:
+                    await self._broker().acall("stop", kernel_id=self.kernel_id)
+                except BrokerError as exc:
+                    if exc.code != "no-such-kernel":
+                        raise
+                self._hub_kernel = False
+            if not restart:
+                self._return_ports()
+            return
         await self._docker(sandbox.remove_pod, self.kernel_id)
         self.pod = None
         self._remove_connection_dir()
@@ -666,6 +763,8 @@ class AWFProvisioner(KernelProvisionerBase):
 
     async def get_provisioner_info(self) -> dict:
         info = await super().get_provisioner_info()
+        if self._hub_kernel:
+            info["awf_broker"] = self.broker
         if self.pod is not None:
             info["awf_pod"] = {"proxy": self.pod.proxy_id, "kernel": self.pod.kernel_id_container,
                                "ingress": self.pod.ingress_network, "started": self.pod.started}
@@ -673,6 +772,7 @@ class AWFProvisioner(KernelProvisionerBase):
 
     async def load_provisioner_info(self, provisioner_info: dict) -> None:
         await super().load_provisioner_info(provisioner_info)
+        self._hub_kernel = bool(provisioner_info.get("awf_broker"))
         pod = provisioner_info.get("awf_pod")
         if pod:
             self.pod = sandbox.Pod(self.kernel_id, pod["proxy"], pod["kernel"], pod.get("ingress"),
