@@ -350,7 +350,6 @@ class AWFProvisioner(KernelProvisionerBase):
             raise SandboxStartError(str(exc), hint="let jupyter_client choose the kernel id") from None
         if self.broker:
             return await self._pre_launch_hub(kwargs)
-        km = self._km
         launcher_env = dict(kwargs.pop("env", os.environ))  # what the launcher gave, even if empty
         kwargs.pop("transport_encryption", None)
         kwargs.pop("extra_arguments", None)
@@ -393,7 +392,7 @@ class AWFProvisioner(KernelProvisionerBase):
             self._hub_request = hub_mode.start_request(
                 kernel_id=self.kernel_id, connection_info=dict(self.connection_info), launcher_env=launcher_env,
                 cwd=cwd, root_dir=self._root_dir(), image=self.image,
-                default_image=self.traits()["image"].default(),
+                default_image=str(self.traits()["image"].default()),
                 spec_dir=getattr(self.kernel_spec, "resource_dir", None), log=self.log)
         except BaseException:
             self._km.cleanup_connection_file()
