@@ -739,3 +739,14 @@ def release_scratch(scratch_dir: str) -> list[str]:
         return []
     kept = set(remove_placeholders(records, scratch_dir))
     return [r.path for r in records if r.path not in kept and not os.path.lexists(r.path)]
+
+
+def host_path(target: str, mounts: Sequence[Mount]) -> str | None:
+    """Where a path the kernel sees lives on the host, through the mount that
+    holds it (the deepest one)."""
+    best = None
+    for m in mounts:
+        if target == m.target or target.startswith(m.target.rstrip("/") + "/"):
+            if best is None or len(m.target) > len(best.target):
+                best = m
+    return None if best is None else best.source + target[len(best.target):]

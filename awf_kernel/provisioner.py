@@ -63,16 +63,6 @@ def _identities(paths) -> dict[str, tuple[int, int] | None]:
     return {p: _identity(p) for p in paths if p}
 
 
-def _host_path(target: str, mounts) -> str | None:
-    """Where a path the kernel sees lives on the host, through the mount that holds it."""
-    best = None
-    for m in mounts:
-        if target == m.target or target.startswith(m.target.rstrip("/") + "/"):
-            if best is None or len(m.target) > len(best.target):
-                best = m
-    return None if best is None else best.source + target[len(best.target):]
-
-
 class ResolvedPolicy(NamedTuple):
     """`AWFProvisioner.resolve_policy`'s answer: the effective policy and what it was made from."""
 
@@ -527,7 +517,7 @@ class AWFProvisioner(KernelProvisionerBase):
                 "open the notebook from another folder (a project subfolder rather than your home), "
                 "or replace the symlink with a copy, or change AWFProvisioner.extra_mounts")) from None
         self._placeholders = result.placeholders
-        self._watched = _identities(_host_path(m.target, every) for m in result.mounts)
+        self._watched = _identities(protect.host_path(m.target, every) for m in result.mounts)
         for warning in result.warnings:
             self.log.warning("awf-kernel %s: %s", self.kernel_id, warning)
         if result.placeholders:

@@ -166,17 +166,6 @@ def check_notebook(path: str, roots: list[str], uid: int) -> str:
     return real
 
 
-def _host_path(target: str, mounts: list[Mount]) -> str | None:
-    """Where a path the kernel sees lives on the host, through the mount that
-    holds it. (Same as the provisioner's `_host_path`.)"""
-    best = None
-    for m in mounts:
-        if target == m.target or target.startswith(m.target.rstrip("/") + "/"):
-            if best is None or len(m.target) > len(best.target):
-                best = m
-    return None if best is None else best.source + target[len(best.target):]
-
-
 def _lstat_identity(path: str | None) -> list[int] | None:
     if not path:
         return None
@@ -218,7 +207,7 @@ def prepare(p: dict) -> dict:
                 raise Refused(f"{audit.safe_text(m.source)} is outside your notebook folders")
             dev, ino, _ = identity_at(m.source)
             expected[m.target] = [dev, ino]
-        watched = {h: _lstat_identity(h) for h in (_host_path(m.target, mounts) for m in result.mounts) if h}
+        watched = {h: _lstat_identity(h) for h in (protect.host_path(m.target, mounts) for m in result.mounts) if h}
     except (Refused, OSError) as exc:
         release({"scratch_dir": scratch})
         raise Refused(str(exc) if isinstance(exc, Refused) else f"cannot check a mount: {exc}") from None

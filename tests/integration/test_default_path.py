@@ -18,24 +18,9 @@ from contextlib import ExitStack
 import pytest
 
 from tests.integration import testnet_fixtures as tf
+from tests.integration.test_attacks import TCP
 
 POLICY = {"allow_domains": ["allowed.test", "*.allowed.test"]}
-
-TCP = """
-import json, socket
-def tcp(host, port, payload=b"", timeout=3):
-    s = socket.socket(); s.settimeout(timeout)
-    try:
-        s.connect((host, port))
-        if payload: s.sendall(payload)
-        try: data = s.recv(200)
-        except OSError as e: data = repr(e).encode()
-        return "connected:" + data.decode(errors="replace")
-    except OSError as e:
-        return "error:" + type(e).__name__
-    finally:
-        s.close()
-"""
 
 GET = """
 import json, requests, urllib3
