@@ -31,12 +31,9 @@ ADMIN_SETTINGS = (
 def ignored_settings(provisioner: Any) -> list[str]:
     """Admin settings the user's side changed from their defaults: logged as
     ignored, so a user who tried to widen something can see it had no effect."""
-    out = []
-    for name in ADMIN_SETTINGS:
-        trait = provisioner.traits()[name]
-        if getattr(provisioner, name) != trait.default():
-            out.append(name)
-    return out
+    # trait_defaults, not trait.default(): a dynamic default (audit_dir's
+    # @default) would otherwise count as set by every user.
+    return [name for name in ADMIN_SETTINGS if getattr(provisioner, name) != provisioner.trait_defaults(name)]
 
 
 def kernel_env(launcher_env: dict[str, str]) -> dict[str, str]:
