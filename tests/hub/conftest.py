@@ -12,6 +12,9 @@ jupyter_path=[dirs] (added to the users' JUPYTER_PATH; must be readable by
 them), extra_config="c.X.y = ..." (appended to jupyterhub_config.py),
 roles=[{...}] (c.JupyterHub.load_roles), log_level="INFO".
 
+Also here for the hub-mode tests: docker_client, awf_images (the sandbox
+images) and testnet (the test internet), from tests/integration.
+
 Every hub is stopped and its users, processes and folders removed at
 teardown, which fails if anything is left.
 """
@@ -26,6 +29,10 @@ from tests.hub.hub_fixtures import (
     ensure_users_python,
     require_hub_host,
 )
+# The engine, the images and the test internet, for the hub-mode tests
+# (test_hub_broker.py): the same session fixtures as tests/integration's.
+from tests.integration.conftest import awf_images, docker_client  # noqa: F401
+from tests.integration.testnet_fixtures import testnet  # noqa: F401
 
 
 @pytest.fixture(scope="session")
