@@ -101,6 +101,13 @@ class KernelRecord:
     workdir: str | None = None
     ports: dict[str, int] = field(default_factory=dict)
     created: float = 0.0
+    # The Jupyter server that asked for it (SO_PEERCRED's pid and the
+    # process's start time, so a reused pid is not mistaken for it): when that
+    # server is gone without stopping its kernel (a hub shutting down sends
+    # SIGINT, and jupyter_server then exits without shutting kernels down),
+    # the broker removes the pod.
+    client_pid: int = 0
+    client_start: int = 0
     state: str = "starting"          # starting | running (the broker's table only)
 
     def pod(self) -> sandbox.Pod | None:
@@ -372,3 +379,25 @@ def start(req: StartRequest, user: User, cfg: BrokerConfig,
 def holder() -> tuple[str, int]:
     """The process whose life keeps placeholders in use: this broker."""
     return socket.gethostname(), os.getpid()
+
+
+def process_start(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (/proc/PID/stat field
+    22), or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    try:
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def client_gone(record: KernelRecord) -> bool:
+    """The server that started this kernel has exited (never for a record
+    without a client, e.g. one a previous broker version made)."""
+    if record.client_pid <= 0:
+        return False
+    return process_start(record.client_pid) != record.client_start

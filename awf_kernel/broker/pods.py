@@ -43,7 +43,8 @@ def rebuild(cfg: BrokerConfig) -> dict[str, KernelRecord]:
             kernel_container_id=found.kernel_container_id, ingress_network=found.ingress_network,
             started=saved.get("started"), watched=saved.get("watched") or {}, image=saved.get("image"),
             notebook=saved.get("notebook"), workdir=saved.get("workdir"), ports=saved.get("ports") or {},
-            created=float(saved.get("created") or 0.0), state="running")
+            created=float(saved.get("created") or 0.0), client_pid=int(saved.get("client_pid") or 0),
+            client_start=int(saved.get("client_start") or 0), state="running")
     return table
 
 

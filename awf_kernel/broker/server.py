@@ -27,7 +27,7 @@ from ..audit import safe_text
 from ..errors import AWFError, PolicyError
 from ..sandbox import docker as sandbox
 from . import config as broker_config
-from . import identity, launch, pods, protocol, userside
+from . import identity, launch, linger, pods, protocol, userside
 from .launch import KernelRecord
 
 log = logging.getLogger("awf_kernel.broker")
@@ -66,6 +66,9 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
                                  hint="a start request is a few kilobytes; check what the client sends")
 
 
+REAP_INTERVAL = 1.0  # seconds between looks for kernels whose server is gone
+
+
 class Broker:
     def __init__(self, cfg: broker_config.BrokerConfig):
         self.cfg = cfg
@@ -73,11 +76,14 @@ class Broker:
         self.inflight: dict[int, int] = {}
         self.holder = launch.holder()
         self._server: asyncio.base_events.Server | None = None
+        self._reaper: asyncio.Task | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self._setup)
         self._server = await self._listen()
+        await self.reap()
+        self._reaper = asyncio.create_task(self._reap_loop())
         mine = {r.owner_uid for r in self.table.values()}
         log.info("awf-kernel broker %s listening on %s (%d kernels of %d users found running)",
                  __version__, self.cfg.socket_path, len(self.table), len(mine))
@@ -113,7 +119,32 @@ class Broker:
                 log.warning("%s is not searchable by other users: they cannot reach the socket", parent)
         return server
 
+    async def reap(self) -> list[str]:
+        """Remove the pods of kernels whose Jupyter server exited without
+        stopping them. Returns their kernel ids."""
+        gone = [r for r in list(self.table.values()) if r.state == "running" and launch.client_gone(r)]
+        for rec in gone:
+            log.info("uid=%d: kernel %s: its Jupyter server (pid %d) is gone; removing its pod",
+                     rec.owner_uid, rec.kernel_id, rec.client_pid)
+            try:
+                await self._stop(rec)
+            except Exception:  # noqa: BLE001 - tried again at the next round
+                log.exception("removing the pod of kernel %s failed", rec.kernel_id)
+        return [r.kernel_id for r in gone]
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL)
+            await self.reap()
+
     async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        # Kernels whose servers already exited go now; those of live servers are
+        # handed to the watcher after close (JupyterHub stops its services before
+        # its users' servers: see awf_kernel.broker.linger).
+        await self.reap()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -224,6 +255,8 @@ class Broker:
         except BaseException:
             self.table.pop(kid, None)
             raise
+        record.client_pid, record.client_start = peer.pid, launch.process_start(peer.pid) or 0
+        await asyncio.to_thread(launch.save_record, launch.paths_for(self.cfg, kid, user.uid), record)
         self.table[kid] = record
         return protocol.ok(kernel_id=kid, ip="127.0.0.1", transport="tcp", **record.ports,
                            signature_scheme=start.signature_scheme, **info)
@@ -336,6 +369,9 @@ async def serve(cfg: broker_config.BrokerConfig, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         await broker.close()
+        # A hub stops its services before its users' servers: what those
+        # servers leave when they exit is removed by a watcher (linger.py).
+        linger.hand_over(cfg, broker.table.values())
         log.info("awf-kernel broker stopped (its kernels keep running; the next broker takes them over)")
 
 

@@ -72,15 +72,40 @@ def _home_listing(user: User) -> list[str]:
     return sorted(str(p.relative_to(user.home)) for p in Path(user.home).rglob("*"))
 
 
-def as_user(user: User | int, fn, *args, **kwargs):
+class Lingering:
+    """A child that stays alive after its call, as a user's Jupyter server
+    does after it started a kernel: the broker removes a kernel's pod once the
+    process that asked for it is gone."""
+
+    live: list["Lingering"] = []
+
+    def __init__(self, pid: int, hold: int):
+        self.pid, self._hold = pid, hold
+        Lingering.live.append(self)
+
+    def release(self) -> None:
+        if self._hold >= 0:
+            os.close(self._hold)
+            self._hold = -1
+            os.waitpid(self.pid, 0)
+        if self in Lingering.live:
+            Lingering.live.remove(self)
+
+
+def as_user(user: User | int, fn, *args, linger: bool = False, **kwargs):
     """Run fn(*args, **kwargs) in a child that is `user` for real (uid, gid,
-    no supplementary groups); return its result or re-raise a BrokerError."""
+    no supplementary groups); return its result or re-raise a BrokerError.
+    With linger=True the child stays alive until the returned Lingering
+    handle is released: (result, handle)."""
     uid, gid = (user.uid, user.gid) if isinstance(user, User) else (user, user)
     r, w = os.pipe()
+    hold_r, hold_w = os.pipe() if linger else (-1, -1)
     pid = os.fork()
     if pid == 0:  # the child: become the user, run, report, leave without cleanup
         try:
             os.close(r)
+            for other in Lingering.live:  # their hold ends must close when the parent releases them
+                os.close(other._hold)
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
@@ -91,20 +116,32 @@ def as_user(user: User | int, fn, *args, **kwargs):
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
                 result = ("exception", repr(exc))
             os.write(w, pickle.dumps(result))
+            os.close(w)
+            if linger:
+                os.close(hold_w)
+                os.read(hold_r, 1)  # until the parent releases it
         finally:
             os._exit(0)
     os.close(w)
+    if linger:
+        os.close(hold_r)
     data = b""
     while chunk := os.read(r, 1 << 16):
         data += chunk
     os.close(r)
-    os.waitpid(pid, 0)
+    handle = None
+    if linger:
+        handle = Lingering(pid, hold_w)
+    else:
+        os.waitpid(pid, 0)
     result = pickle.loads(data)
+    if result[0] != "ok" and handle is not None:
+        handle.release()
     if result[0] == "broker-error":
         raise BrokerError(result[1], result[2], result[3])
     if result[0] == "exception":
         raise AssertionError(f"as_user({uid}): {result[1]}")
-    return result[1]
+    return (result[1], handle) if linger else result[1]
 
 
 def call(url: str, op: str, **fields):
@@ -225,6 +262,8 @@ def broker(testnet, awf_images, users, docker_client):
     try:
         yield proc
     finally:
+        for server in list(Lingering.live):
+            server.release()
         proc.stop()
         left = {}
         for u in users:
@@ -297,9 +336,12 @@ def start_request(cwd: str, **fields) -> dict:
 
 
 def start(user: User, url: str, cwd: str, **fields) -> Started:
+    """Start a kernel as `user` from a process that lives on (its "server")."""
     req = start_request(cwd, **fields)
-    reply = as_user(user, call, url, "start", **req)
-    return Started(req["kernel_id"], req["ports"], req["key"], reply)
+    reply, server = as_user(user, call, url, "start", linger=True, **req)
+    started = Started(req["kernel_id"], req["ports"], req["key"], reply)
+    started.server = server
+    return started
 
 
 def run_code(kc: BlockingKernelClient, code: str, timeout: float = 60):
@@ -636,8 +678,10 @@ def test_signal_status_and_gc_of_a_dead_kernel(broker, users, u1_kernel, docker_
 def test_a_client_gone_during_its_start_finds_its_kernel_listed(broker, users, docker_client):
     u2 = users[1]
     req = start_request(u2.home)
-    as_user(u2, raw_exchange, broker.socket, json.dumps({"op": "start", **req}).encode() + b"\n",
-            close_after_send=True)
+    # The client hangs up mid-start but its process (its "server") lives on:
+    # the kernel is made and listed. Once that process is gone, the pod goes.
+    _, server = as_user(u2, raw_exchange, broker.socket, json.dumps({"op": "start", **req}).encode() + b"\n",
+                        close_after_send=True, linger=True)
     deadline = time.monotonic() + 90
     while True:
         kernels = {k["kernel_id"]: k for k in as_user(u2, call, broker.url, "list")["kernels"]}
@@ -646,7 +690,10 @@ def test_a_client_gone_during_its_start_finds_its_kernel_listed(broker, users, d
         assert time.monotonic() < deadline, kernels
         time.sleep(0.5)
     assert kernels[req["kernel_id"]]["running"] is True
-    as_user(u2, call, broker.url, "stop", kernel_id=req["kernel_id"])
+    server.release()
+    deadline = time.monotonic() + 20
+    while pods_of(docker_client, u2) and time.monotonic() < deadline:
+        time.sleep(0.3)
     assert pods_of(docker_client, u2) == []
 
 
@@ -676,3 +723,20 @@ def test_root_sees_every_kernel_and_collects_only_dead_ones(broker, users, u1_ke
     assert [(k["kernel_id"], k["owner_uid"], k["running"]) for k in kernels] == [(u1_kernel.kernel_id, u1.uid, True)]
     assert call(broker.url, "gc")["removed"] == []
     assert as_user(u1, call, broker.url, "status", kernel_id=u1_kernel.kernel_id)["running"] is True
+
+
+def test_a_kernel_whose_server_is_gone_is_removed(broker, users, docker_client):
+    """A hub stopping its users' servers (SIGINT: jupyter_server exits without
+    shutting its kernels down) must leave no pod: the broker notices that the
+    process that asked for a kernel is gone and removes its pod."""
+    u2 = users[1]
+    k = start(u2, broker.url, u2.home)
+    assert k.kernel_id in kernel_ids(u2, broker.url)
+    k.server.release()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and docker_client.containers.list(
+            all=True, filters={"label": [f"{naming.KERNEL_ID}={k.kernel_id}"]}):
+        time.sleep(0.3)
+    assert docker_client.containers.list(all=True, filters={"label": [f"{naming.KERNEL_ID}={k.kernel_id}"]}) == []
+    assert k.kernel_id not in kernel_ids(u2, broker.url)
+    assert "is gone; removing its pod" in broker.log_text()
