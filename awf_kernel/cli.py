@@ -62,6 +62,36 @@ def _audit_dir(args) -> str:
         return AWFProvisioner().audit_dir
 
 
+def _broker_url(args) -> str:
+    """Hub mode when the kernel spec (or --broker) names a broker: then the
+    broker answers for the calling user, and nothing here reads Docker."""
+    if getattr(args, "broker", None):
+        return args.broker
+    from .doctor import _spec_settings
+    from .kernelspec import KERNEL_NAME
+
+    return str(_spec_settings(getattr(args, "kernel_name", KERNEL_NAME)).get("broker") or "")
+
+
+def _logs_from_broker(args, url: str) -> int:
+    from . import audit
+    from .broker.client import BrokerClient
+
+    client = BrokerClient(url)
+    kid = args.kernel_id
+    if kid is None:
+        kernels = client.call("list").get("kernels") or []
+        if not kernels:
+            raise AWFError("the broker lists no kernel of yours", hint="pass a kernel id: `awf-kernel logs ID`")
+        kid = kernels[-1]["kernel_id"]
+    if args.summary or args.follow:
+        raise AWFError("--summary and --follow read the audit folder, which only the broker can read on a hub",
+                       hint="use `awf-kernel logs ID` or `--json` there")
+    for r in client.call("logs", kernel_id=kid).get("records") or []:
+        print(_json_line(r) if args.json else audit.format_record(r), flush=True)
+    return 0
+
+
 def _logs(args) -> int:
     from . import audit
     from .naming import valid_kernel_id
@@ -71,6 +101,9 @@ def _logs(args) -> int:
             valid_kernel_id(args.kernel_id)
         except ValueError as exc:
             raise AWFError(str(exc), hint="`awf-kernel logs` with no id shows the latest kernel") from None
+    url = "" if args.audit_dir else _broker_url(args)
+    if url:
+        return _logs_from_broker(args, url)
     audit_dir = _audit_dir(args)
     folder = audit.find_kernel(audit_dir, args.kernel_id)
     if folder is None:
@@ -130,7 +163,17 @@ def _record(args) -> int:
 def _gc(args) -> int:
     from .sandbox.gc import collect
 
-    removed = collect(everything=args.all, dry_run=args.dry_run)
+    url = _broker_url(args)
+    if url:
+        # Hub mode: the broker collects the caller's dead kernels (root: everyone's).
+        if args.all or args.dry_run:
+            raise AWFError("--all and --dry-run are not available through the broker",
+                           hint="run `awf-kernel gc` plainly; as root it collects every user's dead kernels")
+        from .broker.client import BrokerClient
+
+        removed = [f"pod of kernel {k}" for k in BrokerClient(url).call("gc").get("removed") or []]
+    else:
+        removed = collect(everything=args.all, dry_run=args.dry_run)
     for line in removed:
         print(("would remove " if args.dry_run else "removed ") + line)
     if not removed:
@@ -187,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--summary", action="store_true", help="per-host counts and a paste-ready allow_domains")
     s.add_argument("--kernel-name", default=KERNEL_NAME, help="kernel spec whose audit_dir setting applies")
     s.add_argument("--audit-dir", help="read this folder instead of the kernel spec's audit_dir")
+    s.add_argument("--broker", metavar="URL", help="ask this broker (hub mode; default: the kernel spec's `broker`)")
     s.set_defaults(func=_logs)
 
     s = sub.add_parser("check", help="would this notebook's kernel be allowed to reach HOST[:PORT]? (exit 1: denied)")
@@ -208,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("gc", help="remove sandbox resources left by dead kernels")
     s.add_argument("--all", action="store_true", help="remove every awf-kernel pod, running or not")
     s.add_argument("--dry-run", action="store_true")
+    s.add_argument("--broker", metavar="URL",
+                   help="ask this broker (hub mode; default: the awf-python spec's `broker`)")
     s.set_defaults(func=_gc)
 
     s = sub.add_parser("broker", help="run the hub-mode broker: the only process that talks to Docker "

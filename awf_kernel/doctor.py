@@ -24,6 +24,10 @@ def run_checks() -> list[Check]:
     from .sandbox.docker import client
 
     checks: list[Check] = []
+    broker = _spec_settings(KERNEL_NAME).get("broker")
+    if broker:
+        # Hub mode: this side never talks to Docker; the broker is what must work.
+        return _spec_checks(KERNEL_NAME, PROVISIONER_NAME) + [broker_check(broker)]
     try:
         c = client()
         checks.append(Check("docker", True, f"engine {c.version().get('Version', '?')} reachable"))
@@ -67,6 +71,18 @@ def run_checks() -> list[Check]:
                             "load the kernel's netfilter modules (modprobe iptable_nat ip_tables) or use a "
                             "Docker engine on Linux with iptables support"))
     return checks
+
+
+def broker_check(url: str) -> Check:
+    """Hub mode: the broker answers, and says who this user is to it."""
+    from .broker.client import BrokerClient, BrokerError
+
+    try:
+        reply = BrokerClient(url).call("ping")
+    except BrokerError as exc:
+        return Check("broker", False, exc.message.splitlines()[0],
+                     exc.hint or "ask the hub's operator to start the broker (`awf-kernel broker`)")
+    return Check("broker", True, f"{url} answers (broker {reply.get('broker', '?')}, you are uid {reply.get('uid')})")
 
 
 def _spec_settings(kernel_name: str) -> dict:

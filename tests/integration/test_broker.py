@@ -740,3 +740,40 @@ def test_a_kernel_whose_server_is_gone_is_removed(broker, users, docker_client):
     assert docker_client.containers.list(all=True, filters={"label": [f"{naming.KERNEL_ID}={k.kernel_id}"]}) == []
     assert k.kernel_id not in kernel_ids(u2, broker.url)
     assert "is gone; removing its pod" in broker.log_text()
+
+
+def _cli_as(user: User, argv: list[str]) -> tuple[int | str, str]:
+    """Run `awf-kernel ARGV` in-process as `user`: (exit code, what it printed)."""
+    import contextlib
+    import io
+
+    from awf_kernel import cli
+    from awf_kernel.errors import AWFError
+
+    def run():
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            try:
+                code: int | str = cli.main(argv)
+            except AWFError as exc:
+                code = str(exc)
+        return code, out.getvalue()
+
+    return as_user(user, run)
+
+
+def test_cli_logs_gc_and_doctor_go_through_the_broker(broker, users, u1_kernel):
+    """On a hub `logs`, `gc` and `doctor` ask the broker, for the calling user only."""
+    from awf_kernel.doctor import broker_check
+
+    u1, u2 = users
+    code, out = _cli_as(u1, ["logs", "--broker", broker.url, u1_kernel.kernel_id])
+    assert code == 0, (code, out)
+    code, out = _cli_as(u2, ["logs", "--broker", broker.url, u1_kernel.kernel_id])
+    assert code == 2 and "no such kernel" in out.lower(), (code, out)
+    code, out = _cli_as(u2, ["gc", "--broker", broker.url])
+    assert code == 0 and "nothing to collect" in out, (code, out)
+    assert u1_kernel.kernel_id in kernel_ids(u1, broker.url)  # another user's gc took nothing of u1's
+    check = as_user(u1, broker_check, broker.url)
+    assert check.ok and f"uid {u1.uid}" in check.detail, check
+    assert not broker_check("unix:///nonexistent/broker.sock").ok
