@@ -270,21 +270,26 @@ class Broker:
         running, code = await asyncio.to_thread(pods.status, rec)
         return protocol.ok(running=running, exit_code=code, state=rec.state)
 
-    async def _op_signal(self, peer: identity.Peer, req: protocol.Request) -> dict:
-        rec = self._own(peer, req.kernel_id)
+    def _own_running(self, peer: identity.Peer, kernel_id: str | None) -> KernelRecord | dict:
+        """The caller's running kernel, or the error to answer with."""
+        rec = self._own(peer, kernel_id)
         if rec is None:
-            return _no_such(req.kernel_id)
+            return _no_such(kernel_id)
         if rec.state != "running":
             return protocol.error(f"kernel {rec.kernel_id} is {rec.state}", "busy", hint="try again in a moment")
+        return rec
+
+    async def _op_signal(self, peer: identity.Peer, req: protocol.Request) -> dict:
+        rec = self._own_running(peer, req.kernel_id)
+        if isinstance(rec, dict):
+            return rec
         await asyncio.to_thread(pods.send_signal, rec, _required(req.signal, "signal"))
         return protocol.ok()
 
     async def _op_stop(self, peer: identity.Peer, req: protocol.Request) -> dict:
-        rec = self._own(peer, req.kernel_id)
-        if rec is None:
-            return _no_such(req.kernel_id)
-        if rec.state != "running":
-            return protocol.error(f"kernel {rec.kernel_id} is {rec.state}", "busy", hint="try again in a moment")
+        rec = self._own_running(peer, req.kernel_id)
+        if isinstance(rec, dict):
+            return rec
         kept = await self._stop(rec)
         return protocol.ok(kept=kept)
 
