@@ -10,6 +10,7 @@ is removed before the error propagates.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import tarfile
@@ -26,6 +27,7 @@ from ..render import firewall
 from ..render import pod as podspec
 from ..render import ports
 
+log = logging.getLogger("awf_kernel")
 _clients: dict[str | None, docker.DockerClient] = {}
 
 
@@ -272,6 +274,8 @@ def pod_state(pod: Pod) -> tuple[bool, int | None]:
     for cid, state in states.items():
         rerun = bool(pod.started) and pod.started.get(cid) not in (None, state.get("StartedAt"))
         if not state.get("Running") or rerun:
+            log.warning("awf-kernel %s: stopping the kernel: pod container %s %s", pod.kernel_id, cid[:12],
+                        "started again" if rerun else "is not running")
             signal_container(pod.kernel_id_container, 9)
             return False, -1
     return True, None
