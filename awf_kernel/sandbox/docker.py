@@ -15,7 +15,7 @@ import os
 import re
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import docker
 import requests
@@ -62,6 +62,8 @@ class Pod:
     # When each container started: a pod container that ran again (`docker
     # restart`, an engine restart) is no longer the pod that was set up.
     started: dict[str, str] | None = None
+    # Seconds each start step took (the benchmark's breakdown; logged at start).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def egress_network(name: str) -> EgressNetwork:
@@ -176,16 +178,21 @@ def create_pod(settings: podspec.PodSettings, egress: EgressNetwork, files: dict
 
 def _create_pod(settings, egress, files, rules, startup_timeout) -> Pod:
     c = client()
+    t: dict[str, float] = {}
+    clock = _Clock(t)
     ingress = None
     if egress.internal:
-        ingress = c.networks.create(**podspec.ingress_network_kwargs(settings)).name
+        with clock("ingress network"):
+            ingress = c.networks.create(**podspec.ingress_network_kwargs(settings)).name
 
-    proxy = c.containers.create(**podspec.proxy_create_kwargs(settings))
-    if ingress:
-        c.networks.get(egress.name).connect(proxy)
-    proxy.put_archive("/etc/awf", _tar(files))
-    _start_proxy(proxy)
-    proxy.reload()
+    with clock("proxy create"):
+        proxy = c.containers.create(**podspec.proxy_create_kwargs(settings))
+        if ingress:
+            c.networks.get(egress.name).connect(proxy)
+        proxy.put_archive("/etc/awf", _tar(files))
+    with clock("proxy start"):
+        _start_proxy(proxy)
+        proxy.reload()
 
     out = _endpoint(proxy, egress.name)
     inbound = _endpoint(proxy, ingress or egress.name)
@@ -204,12 +211,37 @@ def _create_pod(settings, egress, files, rules, startup_timeout) -> Pod:
         "AWF_INGRESS_IP": inbound.address,
         "AWF_DEFAULT_GW": default_gw or "none",
     }
-    _run_firewall(settings, proxy, env, startup_timeout)
+    with clock("firewall step"):
+        _run_firewall(settings, proxy, env, startup_timeout)
 
-    kernel = c.containers.create(**podspec.kernel_create_kwargs(settings, proxy.id))
-    kernel.start()
-    return Pod(settings.kernel_id, proxy.id, kernel.id, ingress,
-               started={cid: _started_at(cid) for cid in (proxy.id, kernel.id)})
+    with clock("kernel create"):
+        kernel = c.containers.create(**podspec.kernel_create_kwargs(settings, proxy.id))
+    with clock("kernel start"):
+        kernel.start()
+    with clock("inspect"):
+        started = {cid: _started_at(cid) for cid in (proxy.id, kernel.id)}
+    return Pod(settings.kernel_id, proxy.id, kernel.id, ingress, started=started, timings=t)
+
+
+class _Clock:
+    """Times the named steps of a pod's start into one dict."""
+
+    def __init__(self, into: dict[str, float]):
+        self.into = into
+
+    def __call__(self, name: str):
+        return _Step(self.into, name)
+
+
+class _Step:
+    def __init__(self, into: dict[str, float], name: str):
+        self.into, self.name = into, name
+
+    def __enter__(self):
+        self.t = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.into[self.name] = self.into.get(self.name, 0.0) + time.perf_counter() - self.t
 
 
 def _started_at(container_id: str) -> str:
