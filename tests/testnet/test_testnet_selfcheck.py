@@ -179,6 +179,32 @@ print(json.dumps({{"me": ME, "res": res}}))
     assert testnet.web_hits("blocked.test", since=mark) == []
 
 
+def test_bytes_path_serves_that_many_bytes_and_is_recorded(testnet):
+    """`/bytes/N` is the benchmark's download; other paths still say hello."""
+    mark = testnet.mark()
+    out = json.loads(testnet.run_client("""
+import json, ssl, urllib.request
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+res = {}
+for url in ("http://allowed.test/bytes/3000000", "https://allowed.test/bytes/70000", "http://allowed.test/bytes/0",
+            "http://allowed.test/bytes/x", "http://allowed.test/bytes/2147483648"):
+    r = urllib.request.urlopen(url, context=ctx, timeout=10)
+    body = r.read()
+    res[url] = [r.status, len(body), body[:20].decode(), set(body) <= {0}, r.headers["Content-Length"]]
+head = urllib.request.urlopen(urllib.request.Request("http://allowed.test/bytes/5", method="HEAD"), timeout=5)
+res["HEAD"] = [head.status, len(head.read()), head.headers["Content-Length"]]
+print(json.dumps(res))
+"""))
+    assert out["http://allowed.test/bytes/3000000"] == [200, 3000000, "\0" * 20, True, "3000000"]
+    assert out["https://allowed.test/bytes/70000"] == [200, 70000, "\0" * 20, True, "70000"]
+    assert out["http://allowed.test/bytes/0"] == [200, 0, "", True, "0"]
+    assert out["http://allowed.test/bytes/x"][2] == "hello from allowed.t"
+    assert out["http://allowed.test/bytes/2147483648"][2] == "hello from allowed.t"
+    assert out["HEAD"] == [200, 0, "5"]
+    paths = [h["path"] for h in testnet.web_hits("allowed.test", since=mark) if h["event"] == "request"]
+    assert paths == ["/bytes/3000000", "/bytes/70000", "/bytes/0", "/bytes/x", "/bytes/2147483648", "/bytes/5"]
+
+
 def test_sni_is_recorded_even_when_the_handshake_fails(testnet):
     """A ClientHello naming blocked.test sent to allowed.test's address is on
     record even if the client gives up mid-handshake."""

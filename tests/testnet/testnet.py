@@ -8,7 +8,9 @@ the tests read those lines back with `docker logs`.
 
     dns    NAME=IP ...      authoritative DNS on UDP+TCP 53 (`*.NAME=IP` for wildcards;
                             `NAME=self`: the address the query arrived at)
-    web    NAME[,ALIAS...]  HTTP on 80 and 8080, HTTPS on 443 and 8443 (self-signed, SAN = names)
+    web    NAME[,ALIAS...]  HTTP on 80 and 8080, HTTPS on 443 and 8443 (self-signed, SAN = names);
+                            every path answers `hello from NAME`, except GET/HEAD `/bytes/N`:
+                            N zero bytes (N <= 1 GiB; the benchmark's downloads)
     canary                  many TCP and UDP ports; records and answers everything
 
 Environment: TESTNET_BIND (default 0.0.0.0) is the address every socket binds
@@ -25,6 +27,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import selectors
 import socket
 import socketserver
@@ -196,8 +199,14 @@ def make_cert(names: list[str]) -> tuple[str, str]:
     return cert, key
 
 
+BYTES_PATH = re.compile(r"/bytes/([0-9]{1,10})")
+MAX_BYTES = 1 << 30
+CHUNK = b"\0" * (1 << 16)
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
-    """Answers every method on every path with `hello from <name>`."""
+    """Answers every method on every path with `hello from <name>`; GET and
+    HEAD of `/bytes/N` (N <= MAX_BYTES) with N zero bytes."""
 
     server_version = "testnet"
     timeout = 10  # a client that connects and sends nothing must not hold a thread forever
@@ -209,6 +218,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         emit(event="request", name=self.server.name, port=self.server.port, src=self.client_address[0],
              method=self.command, path=self.path, host=self.headers.get("Host"),
              sni=getattr(self.connection, "sni", None), tls=self.server.tls)
+        m = BYTES_PATH.fullmatch(self.path)
+        if m and self.command in ("GET", "HEAD") and int(m.group(1)) <= MAX_BYTES:
+            self.send_bytes(int(m.group(1)))
+            return
         body = f"hello from {self.server.name}".encode()
         self.send_response(200)
         self.send_header("X-Testnet-Host", self.server.name)
@@ -217,6 +230,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def send_bytes(self, n: int) -> None:
+        self.send_response(200)
+        self.send_header("X-Testnet-Host", self.server.name)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(n))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        view = memoryview(CHUNK)
+        while n > 0:
+            k = min(n, len(view))
+            self.wfile.write(view[:k])
+            n -= k
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = do_CONNECT = answer
 
