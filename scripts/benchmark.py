@@ -1,130 +1,753 @@
 """Speed and memory of a sandboxed kernel against a plain local ipykernel,
-measured in the same run on the same machine. Prints figures and ratios.
+measured side by side in the same run on the same machine (issue 9's figures).
 
-    python3 scripts/benchmark.py [--runs 5]
+    python3 scripts/benchmark.py [--runs 5] [--pool-size N] [--skip-concurrent] [--quick]
+                                 [--json FILE | --json]
 
-Traffic goes only to the test internet this script creates (tests/testnet).
+Every figure is printed as local | awf | ratio | goal | met?, followed by the
+breakdown of a sandboxed start. `local` is the `python3` kernel spec started
+by jupyter_client's LocalProvisioner; `awf` is the `awf-python` spec installed
+into a temporary prefix, once per egress network:
+
+  bridge    the default: the proxy on Docker's `bridge`, reaching a test host
+            BEYOND the Docker host (tests/integration/testnet_fixtures.py
+            `running_beyond_host`, needs root and iproute2; without it the
+            bridge figures are start/restart/shutdown only)
+  internal  the proxy on the test internet's own `--internal` network, with
+            the per-kernel ingress network a locked-down site gets
+
+Traffic goes only to the test internets this script creates (tests/testnet:
+`allowed.test` and its address). Every kernel, pod and network it makes is
+removed at the end, also after an error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import datetime
 import json
+import os
 import pathlib
+import platform
+import re
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 
 import docker
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
+from jupyter_client.manager import AsyncKernelManager, KernelManager
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from awf_kernel import kernelspec, naming  # noqa: E402
-from tests.integration.testnet_fixtures import running_testnet  # noqa: E402
+from awf_kernel.provisioner import AWFProvisioner  # noqa: E402
+from awf_kernel.sandbox import docker as sandbox  # noqa: E402
+from tests.integration import testnet_fixtures as tf  # noqa: E402
 
-FETCH = """
-import urllib.request, time
-t = time.perf_counter()
-for _ in range(20):
-    urllib.request.urlopen("http://{host}/", timeout=10).read()
-print((time.perf_counter() - t) / 20)
-"""
+MB = 10**6
+MIB = 2**20
+DOWNLOAD_BYTES = 100 * MB
+CONCURRENT = 10
+READY_TIMEOUT = 120
+SETUPS = ("local", "bridge", "internal")  # local = plain ipykernel; the others are awf pods
+NOOP = lambda msg: None  # noqa: E731
 
-
-def start(name: str, ksm, env) -> tuple[KernelManager, object, float]:
+# Run inside a kernel. PROXIED: the sandbox's own way out (HTTP_PROXY, set in
+# the pod); direct: no proxy at all, straight to the test host's address.
+HTTP_GET = """
+import json, time, urllib.request
+opener = urllib.request.build_opener() if {proxied} else urllib.request.build_opener(urllib.request.ProxyHandler({{}}))
+lat = []
+for i in range({n} + 3):
     t = time.perf_counter()
+    with opener.open("http://{host}/", timeout=10) as r:
+        r.read()
+    lat.append(time.perf_counter() - t)
+print(json.dumps(lat[3:]))
+"""
+DOWNLOAD = """
+import json, time, urllib.request
+opener = urllib.request.build_opener() if {proxied} else urllib.request.build_opener(urllib.request.ProxyHandler({{}}))
+buf = bytearray(1 << 20)
+n = 0
+t = time.perf_counter()
+with opener.open("http://{host}/bytes/{size}", timeout=300) as r:
+    while True:
+        k = r.readinto(buf)
+        if not k:
+            break
+        n += k
+print(json.dumps([n, time.perf_counter() - t]))
+"""
+IMPORT = "import time; t = time.perf_counter(); import ipykernel.kernelapp; print(time.perf_counter() - t)"
+
+
+# --- what this run made, so that it can all be removed -------------------------------------
+
+SERVER = f"{socket.gethostname()}:{os.getpid()}"  # the server label the provisioner puts on our pods
+LIVE: list = []            # kernel managers not yet shut down
+LOCAL_PIDS: set[int] = set()
+CONTAINERS: set[str] = set()  # our own helper containers (the import timing)
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def _on_signal(signum, frame):
+    raise Interrupted(f"signal {signum}")
+
+
+def cleanup(client) -> list[str]:
+    """Shut down every kernel still running, then remove whatever pod, pool pod
+    or network still carries this process's server label, and our helpers.
+    A second Ctrl-C while it runs is ignored: it would leave things behind."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return _cleanup(client)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _cleanup(client) -> list[str]:
+    notes = []
+    for km in list(LIVE):
+        try:
+            if isinstance(km, AsyncKernelManager):
+                asyncio.run(km.shutdown_kernel(now=True))
+            else:
+                km.shutdown_kernel(now=True)
+        except Exception as exc:  # noqa: BLE001 - the label sweep below still runs
+            notes.append(f"shutdown of kernel {km.kernel_id}: {type(exc).__name__}: {exc}")
+        LIVE.remove(km)
+    for hook in ("shutdown_pool", "drain_pool", "close_pool"):  # the warm pool, if any, by its own hand
+        fn = getattr(AWFProvisioner, hook, None) or getattr(sandbox, hook, None)
+        if callable(fn):
+            try:
+                res = fn()
+                if asyncio.iscoroutine(res):
+                    asyncio.run(res)
+            except Exception as exc:  # noqa: BLE001
+                notes.append(f"{hook}: {type(exc).__name__}: {exc}")
+    kids = set()
+    try:
+        selected = naming.kernel_filter(server=SERVER)
+        kids |= {c.labels.get(naming.KERNEL_ID, "") for c in client.containers.list(all=True, filters=selected)}
+        kids |= {(n.attrs.get("Labels") or {}).get(naming.KERNEL_ID, "")
+                 for n in client.networks.list(filters=selected)}
+        for kid in sorted(k for k in kids if k):
+            sandbox.remove_pod(kid)
+        if kids:
+            notes.append(f"removed {len(kids)} leftover pod(s) labelled {naming.SERVER}={SERVER}")
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"label sweep: {type(exc).__name__}: {exc}")
+    for cid in list(CONTAINERS):
+        with contextlib.suppress(Exception):
+            client.containers.get(cid).remove(force=True)
+        CONTAINERS.discard(cid)
+    for pid in list(LOCAL_PIDS):
+        with contextlib.suppress(OSError):
+            if "ipykernel" in pathlib.Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
+                notes.append(f"killed local kernel {pid}")
+        LOCAL_PIDS.discard(pid)
+    return notes
+
+
+# --- one kernel ------------------------------------------------------------------------------
+
+def start(name: str, ksm, env) -> tuple[KernelManager, object, dict]:
+    """Start a kernel and time it up to its first execute reply."""
+    t0 = time.perf_counter()
     km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
+    LIVE.append(km)
     km.start_kernel(env=env)
+    t1 = time.perf_counter()
+    if getattr(km.provisioner, "pid", None):
+        LOCAL_PIDS.add(km.provisioner.pid)
     kc = km.client()
     kc.start_channels()
-    kc.wait_for_ready(timeout=120)
-    kc.execute_interactive("1", timeout=60, output_hook=lambda m: None)
-    return km, kc, time.perf_counter() - t
+    kc.wait_for_ready(timeout=READY_TIMEOUT)
+    t2 = time.perf_counter()
+    reply = kc.execute_interactive("1", timeout=60, output_hook=NOOP)
+    t3 = time.perf_counter()
+    if reply["content"]["status"] != "ok":
+        raise RuntimeError(f"first execute in {name} failed: {reply['content']}")
+    rec = {"start to first reply": t3 - t0, "start_kernel call": t1 - t0, "wait_for_ready": t2 - t1,
+           "first execute": t3 - t2, "pod": pod_timings(km)}
+    return km, kc, rec
 
 
-def run(kc, code: str) -> str:
-    out = []
-    kc.execute_interactive(code, timeout=120,
-                           output_hook=lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None)
+def pod_timings(km) -> dict[str, float]:
+    pod = getattr(km.provisioner, "pod", None)
+    return dict(getattr(pod, "timings", None) or {})
+
+
+def run(kc, code: str, timeout: float = 600) -> str:
+    out, err = [], []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            err.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+
+    kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+    if err:
+        raise RuntimeError("kernel code failed: " + "; ".join(err))
     return "".join(out)
 
 
-def round_trip(kc, n: int = 50) -> float:
+def round_trip(kc, n: int) -> float:
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        kc.execute_interactive("x = 1", timeout=30, output_hook=lambda m: None)
+        kc.execute_interactive("x = 1", timeout=30, output_hook=NOOP)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
-def local_rss(km) -> float:
-    pid = km.provisioner.pid
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def http_get(kc, host: str, proxied: bool, n: int) -> list[float]:
+    return [s * 1000 for s in json.loads(run(kc, HTTP_GET.format(host=host, proxied=proxied, n=n)).strip())]
 
 
-def pod_rss(client, kernel_id: str) -> dict[str, float]:
+def download(kc, host: str, proxied: bool) -> float:
+    """MB/s of one DOWNLOAD_BYTES download."""
+    n, seconds = json.loads(run(kc, DOWNLOAD.format(host=host, proxied=proxied, size=DOWNLOAD_BYTES)).strip())
+    if n != DOWNLOAD_BYTES:
+        raise RuntimeError(f"download from {host} got {n} bytes, not {DOWNLOAD_BYTES}")
+    return n / MB / seconds
+
+
+def restart(km, kc) -> dict:
+    t0 = time.perf_counter()
+    km.restart_kernel(now=False)
+    t1 = time.perf_counter()
+    kc.wait_for_ready(timeout=READY_TIMEOUT)
+    t2 = time.perf_counter()
+    kc.execute_interactive("1", timeout=60, output_hook=NOOP)
+    t3 = time.perf_counter()
+    if getattr(km.provisioner, "pid", None):
+        LOCAL_PIDS.add(km.provisioner.pid)
+    return {"restart": t2 - t0, "restart_kernel call": t1 - t0, "restart wait_for_ready": t2 - t1,
+            "restart to first reply": t3 - t0, "restart pod": pod_timings(km)}
+
+
+def shutdown(km, kc) -> float:
+    kc.stop_channels()
+    t = time.perf_counter()
+    km.shutdown_kernel()
+    dt = time.perf_counter() - t
+    LIVE.remove(km)
+    return dt
+
+
+# --- memory --------------------------------------------------------------------------------
+
+def _status(pid: int) -> dict[str, str]:
     out = {}
-    for c in client.containers.list(filters=naming.kernel_filter(kernel_id)):
-        stats = c.stats(stream=False)
-        mem = stats["memory_stats"]
-        usage = mem.get("usage", 0) - mem.get("stats", {}).get("inactive_file", 0)
-        out[c.labels[naming.ROLE]] = usage / 2**20
+    with contextlib.suppress(OSError):
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=5)
-    args = ap.parse_args()
-    client = docker.from_env()
-    with running_testnet() as net, tempfile.TemporaryDirectory() as prefix:
-        # The test internet is a private Docker network: opt its web host in, as an admin opts in an intranet site.
-        kernelspec.install(prefix=prefix, settings={"egress_network": net.network, "dns_servers": [net.dns_ip],
-                                                    "allow_private_destinations": [f"{net.ips['allowed.test']}/32"]})
-        ksm = KernelSpecManager(kernel_dirs=[f"{prefix}/share/jupyter/kernels"] + KernelSpecManager().kernel_dirs)
-        policy = {"LANG": "C.UTF-8", "AWF_POLICY": json.dumps({"allow_domains": ["allowed.test"]})}
-        results: dict[str, dict[str, list[float]]] = {"local": {}, "awf": {}}
-        for _ in range(args.runs):
-            for label, name in (("local", "python3"), ("awf", "awf-python")):
-                km, kc, startup = start(name, ksm, policy)
-                r = results[label]
-                r.setdefault("start to first reply (s)", []).append(startup)
-                r.setdefault("execute round trip (ms)", []).append(round_trip(kc) * 1000)
-                host = "allowed.test" if label == "awf" else net.ips["allowed.test"]
-                r.setdefault("HTTP GET allowed.test (ms)", []).append(float(run(kc, FETCH.format(host=host))) * 1000)
-                if label == "local":
-                    r.setdefault("memory (MiB)", []).append(local_rss(km))
-                else:
-                    mem = pod_rss(client, km.kernel_id)
-                    r.setdefault("memory (MiB)", []).append(sum(mem.values()))
-                    r.setdefault("  of which proxy (MiB)", []).append(mem.get("proxy", 0))
-                t = time.perf_counter()
-                km.restart_kernel(now=False)
-                kc.wait_for_ready(timeout=120)
-                r.setdefault("restart (s)", []).append(time.perf_counter() - t)
+def rss_mib(pid: int) -> float:
+    v = _status(pid).get("VmRSS", "0 kB").split()[0]
+    return int(v) / 1024
+
+
+def process_tree(pid: int) -> list[int]:
+    children: dict[int, list[int]] = defaultdict(list)
+    for d in pathlib.Path("/proc").iterdir():
+        if d.name.isdigit():
+            ppid = _status(int(d.name)).get("PPid")
+            if ppid and ppid.isdigit():
+                children[int(ppid)].append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def local_memory(km) -> dict:
+    pids = process_tree(km.provisioner.pid)
+    return {"rss_mib": sum(rss_mib(p) for p in pids),
+            "processes": {f"{_status(p).get('Name', '?')}[{p}]": rss_mib(p) for p in pids}}
+
+
+def container_memory(client, cid: str) -> dict:
+    """Two views of a container's resident memory: the sum of VmRSS over its
+    processes (host pids from `docker top`, read in /proc: counts shared library
+    pages once per process, so it errs high), and the cgroup's usage minus its
+    page cache (`total_cache`/`cache` on cgroup v1, `file` on v2)."""
+    top = client.api.top(cid)
+    col = top["Titles"].index("PID")
+    procs = {}
+    for row in top["Processes"] or []:
+        pid = int(row[col])
+        procs[f"{_status(pid).get('Name', '?')}[{pid}]"] = rss_mib(pid)
+    stats = client.api.stats(cid, stream=False, one_shot=True)["memory_stats"]
+    s = stats.get("stats") or {}
+    cache = s.get("total_cache", s.get("cache", s.get("file", 0)))
+    return {"rss_mib": sum(procs.values()), "processes": procs,
+            "cgroup_minus_cache_mib": (stats.get("usage", 0) - cache) / MIB}
+
+
+def pod_memory(client, km) -> dict:
+    pod = km.provisioner.pod
+    return {"proxy": container_memory(client, pod.proxy_id),
+            "kernel": container_memory(client, pod.kernel_id_container)}
+
+
+# --- import time of the kernel ---------------------------------------------------------------
+
+def import_time_local() -> float:
+    out = subprocess.run([sys.executable, "-c", IMPORT], capture_output=True, text=True, check=True, timeout=120)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def import_time_image(client, image: str, uid: int) -> tuple[float, float]:
+    """(seconds to import ipykernel.kernelapp inside the kernel image, run as the
+    kernel runs: read-only, unprivileged, 1 CPU, no network; wall time of the
+    whole `docker run`)."""
+    t = time.perf_counter()
+    c = client.containers.create(image, entrypoint=["python3", "-c", IMPORT], user=f"{uid}:{uid}",
+                                 read_only=True, tmpfs={"/tmp": "mode=1777"}, environment={"HOME": "/tmp"},
+                                 network_disabled=True, nano_cpus=10**9, cap_drop=["ALL"],
+                                 labels={tf.LABEL: "true", "awf-kernel.benchmark": SERVER})
+    CONTAINERS.add(c.id)
+    try:
+        c.start()
+        status = c.wait(timeout=120)["StatusCode"]
+        out = c.logs(stdout=True, stderr=True).decode(errors="replace")
+    finally:
+        c.remove(force=True)
+        CONTAINERS.discard(c.id)
+    wall = time.perf_counter() - t
+    if status != 0:
+        raise RuntimeError(f"import in {image} failed:\n{out}")
+    return float(out.strip().splitlines()[-1]), wall
+
+
+def importtime_top(cmd: list[str], top: int = 6) -> list[tuple[str, float]]:
+    """Where `import ipykernel.kernelapp` spends its time (-X importtime): the
+    self time of every module summed by top-level package, slowest first, in s."""
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    by_package: dict[str, float] = defaultdict(float)
+    for line in res.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)", line)
+        if m:
+            by_package[m.group(2).split(".")[0]] += int(m.group(1)) / 1e6
+    return sorted(by_package.items(), key=lambda r: -r[1])[:top]
+
+
+# --- ten at once -----------------------------------------------------------------------------
+
+async def concurrent_starts(name: str, ksm, env, n: int) -> dict:
+    """Start n kernels at once (asyncio, AsyncKernelManager), each up to its
+    first execute reply; then shut them all down at once."""
+    kms: list[AsyncKernelManager] = []
+
+    async def one() -> dict:
+        t0 = time.perf_counter()
+        km = AsyncKernelManager(kernel_name=name, kernel_spec_manager=ksm)
+        kms.append(km)
+        LIVE.append(km)
+        kc = None
+        try:
+            await km.start_kernel(env=env)
+            if getattr(km.provisioner, "pid", None):
+                LOCAL_PIDS.add(km.provisioner.pid)
+            kc = km.client()
+            kc.start_channels()
+            await kc.wait_for_ready(timeout=READY_TIMEOUT)
+            reply = await kc.execute_interactive("1", timeout=60, output_hook=NOOP)
+            ok = reply["content"]["status"] == "ok"
+            return {"ok": ok, "seconds": time.perf_counter() - t0, "pod": pod_timings(km)}
+        except Exception as exc:  # noqa: BLE001 - a failed start is a figure, not a crash
+            return {"ok": False, "seconds": time.perf_counter() - t0, "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            if kc is not None:
                 kc.stop_channels()
-                t = time.perf_counter()
-                km.shutdown_kernel()
-                r.setdefault("shutdown (s)", []).append(time.perf_counter() - t)
-    print(f"median of {args.runs} runs; local = plain ipykernel (LocalProvisioner), awf = sandboxed pod")
-    print(f"{'metric':32} {'local':>10} {'awf':>10} {'awf/local':>10}")
-    for metric in results["awf"]:
-        a = statistics.median(results["awf"][metric])
-        loc = results["local"].get(metric)
-        if loc:
-            lv = statistics.median(loc)
-            print(f"{metric:32} {lv:10.3f} {a:10.3f} {a / lv:10.2f}")
+
+    async def stop(km) -> None:
+        try:
+            await km.shutdown_kernel()
+        finally:
+            LIVE.remove(km)
+
+    t = time.perf_counter()
+    try:
+        kernels = await asyncio.gather(*(one() for _ in range(n)))
+        wall = time.perf_counter() - t
+    finally:
+        t_stop = time.perf_counter()
+        stops = await asyncio.gather(*(stop(km) for km in kms), return_exceptions=True)
+        stop_wall = time.perf_counter() - t_stop
+    return {"kernels": kernels, "total": wall, "slowest": max(k["seconds"] for k in kernels),
+            "failed": sum(not k["ok"] for k in kernels), "shutdown_all": stop_wall,
+            "shutdown_errors": [f"{type(e).__name__}: {e}" for e in stops if isinstance(e, BaseException)]}
+
+
+# --- the report --------------------------------------------------------------------------------
+
+def med(xs) -> float | None:
+    xs = [x for x in xs or [] if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+class Report:
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def add(self, figure: str, local, awf, goal: str = "", kind: str = "ratio", limit: float | None = None,
+            fmt: str = "{:.3f}", ratio: str = "x") -> None:
+        """kind: ratio (awf/local <= limit), max (awf <= limit), delta (awf - local <= limit),
+        min_pct (awf/local >= limit), count (awf == limit), info (no goal)."""
+        r = None
+        if isinstance(local, (int, float)) and isinstance(awf, (int, float)) and local:
+            r = awf / local
+        met = None
+        if awf is not None:
+            if kind == "ratio" and r is not None:
+                met = r <= limit
+            elif kind == "max":
+                met = awf <= limit
+            elif kind == "delta" and local is not None:
+                met = awf - local <= limit
+            elif kind == "min_pct" and r is not None:
+                met = r >= limit
+            elif kind == "count":
+                met = awf == limit and (local is None or local == limit)
+        self.rows.append({"figure": figure, "local": local, "awf": awf, "ratio": r, "goal": goal,
+                          "met": met, "fmt": fmt, "ratio_fmt": ratio})
+
+    def text(self) -> str:
+        def cell(v, fmt):
+            if v is None:
+                return "-"
+            return fmt.format(v) if isinstance(v, (int, float)) else str(v)
+
+        lines = [(r["figure"], cell(r["local"], r["fmt"]), cell(r["awf"], r["fmt"]),
+                  "-" if r["ratio"] is None else (f"{r['ratio'] * 100:.0f}%" if r["ratio_fmt"] == "%"
+                                                  else f"{r['ratio']:.2f}x"),
+                  r["goal"] or "-", {True: "yes", False: "NO", None: "-"}[r["met"]]) for r in self.rows]
+        head = ("figure", "local", "awf", "ratio", "goal", "met?")
+        w = [max(len(x[i]) for x in [head, *lines]) for i in range(6)]
+        fmt_line = lambda x: "  ".join(  # noqa: E731
+            (x[i].ljust(w[i]) if i in (0, 4) else x[i].rjust(w[i])) for i in range(6)).rstrip()
+        return "\n".join([fmt_line(head), "  ".join("-" * n for n in w), *map(fmt_line, lines)])
+
+    def json(self) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("fmt", "ratio_fmt")} for r in self.rows]
+
+
+def machine() -> dict:
+    out = {"nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
+    with contextlib.suppress(Exception):
+        out["nproc"] = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip())
+    with contextlib.suppress(Exception):
+        v = docker.from_env().version()
+        out["docker_server"] = v.get("Version")
+    with contextlib.suppress(Exception):
+        out["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                       capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        out["uncommitted_changes"] = bool(dirty)
+    return out
+
+
+# --- main ---------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=None, help="runs of each sequential figure (default 5; 2 with --quick)")
+    ap.add_argument("--pool-size", type=int, default=None,
+                    help="set the provisioner's `pool_size` in the sandboxed kernel specs (if it has that setting)")
+    ap.add_argument("--pool-settle", type=float, default=3.0,
+                    help="with a pool: seconds to let it refill before each timed sandboxed start (default 3)")
+    ap.add_argument("--skip-concurrent", action="store_true", help="skip the ten-kernels-at-once figure")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer samples: 2 runs, 20 GETs per sample, no warm-up, ten-at-once on the internal "
+                         "network only")
+    ap.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                    help="also write every raw sample and median as JSON to FILE (`-` or no FILE: stdout, "
+                         "and the table goes to stderr)")
+    args = ap.parse_args(argv)
+    if args.runs is None:
+        args.runs = 2 if args.quick else 5
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = sys.stderr if args.json == "-" else sys.stdout
+
+    def say(*a):
+        print(*a, file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    client = docker.from_env()
+    notes: list[str] = []
+    settings_extra: dict = {}
+    if args.pool_size is not None:
+        if "pool_size" in AWFProvisioner.class_traits(config=True):
+            settings_extra["pool_size"] = args.pool_size
         else:
-            print(f"{metric:32} {'':>10} {a:10.3f}")
+            notes.append(f"--pool-size {args.pool_size} ignored: this AWFProvisioner has no `pool_size` setting")
+    pooled = bool(settings_extra.get("pool_size"))
+    n_get = 20 if args.quick else 50
+    S: dict[str, dict[str, list]] = {s: defaultdict(list) for s in SETUPS}
+    result: dict = {"machine": machine(), "args": vars(args), "notes": notes,
+                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    interrupted = False
+    try:
+        with contextlib.ExitStack() as stack:
+            say("starting the test internet (internal network) ...")
+            net = stack.enter_context(tf.running_testnet(client))
+            beyond = None
+            try:
+                say("starting the test host beyond the Docker host (bridge path) ...")
+                beyond = stack.enter_context(tf.running_beyond_host(client))
+            except Exception as exc:  # noqa: BLE001 - the bridge figures shrink to start/restart/shutdown
+                notes.append(f"no beyond host ({type(exc).__name__}: {exc}): bridge HTTP figures skipped, "
+                             "bridge start measured with the policy only")
+            prefix = stack.enter_context(tempfile.TemporaryDirectory(prefix="awf-bench-"))
+            # The test internets are private networks: opt their web host in, as an admin opts in an intranet site.
+            kernelspec.install(prefix=prefix, name="awf-python", settings={
+                "egress_network": net.network, "dns_servers": [net.dns_ip],
+                "allow_private_destinations": [f"{net.ips['allowed.test']}/32"], **settings_extra})
+            kernelspec.install(prefix=prefix, name="awf-python-bridge", settings={
+                "egress_network": "bridge", "dns_servers": [beyond.dns_ip] if beyond else [],
+                "allow_private_destinations": [f"{beyond.ips['allowed.test']}/32"] if beyond else [],
+                **settings_extra})
+            # Runs first on the way out (LIFO): kernels and pods go before the networks they use.
+            stack.callback(lambda: notes.extend(cleanup(client)))
+            ksm = KernelSpecManager(kernel_dirs=[f"{prefix}/share/jupyter/kernels"] + KernelSpecManager().kernel_dirs)
+            specs = {"local": "python3", "bridge": "awf-python-bridge", "internal": "awf-python"}
+            base_env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+            base_env["LANG"] = "C.UTF-8"
+            env = {"local": base_env,
+                   "awf": {**base_env, "AWF_POLICY": json.dumps({"allow_domains": ["allowed.test"]})}}
+            hosts = {"internal": net.ips["allowed.test"], "bridge": beyond.ips["allowed.test"] if beyond else None}
+
+            def env_for(setup):
+                return env["local"] if setup == "local" else env["awf"]
+
+            if not args.quick:
+                say("warm-up: one start of each kind (not counted) ...")
+                for setup in SETUPS:
+                    km, kc, _ = start(specs[setup], ksm, env_for(setup))
+                    shutdown(km, kc)
+
+            for i in range(args.runs):
+                order = SETUPS[i % 3:] + SETUPS[:i % 3]  # rotate, so no setup always runs first
+                for setup in order:
+                    say(f"run {i + 1}/{args.runs}: {setup} ...")
+                    r = S[setup]
+                    if pooled and setup != "local" and args.pool_settle:
+                        time.sleep(args.pool_settle)
+                    km, kc, rec = start(specs[setup], ksm, env_for(setup))
+                    for k in ("start to first reply", "start_kernel call", "wait_for_ready", "first execute"):
+                        r[k].append(rec[k])
+                    r["pod timings"].append(rec["pod"])
+                    r["execute round trip (ms)"].append(round_trip(kc, 30) * 1000)
+                    mem = local_memory(km) if setup == "local" else pod_memory(client, km)
+                    r["memory idle"].append(mem)
+                    # HTTP: the local kernel goes straight to each test host's address; a pod by name, proxied.
+                    for path in ("internal", "bridge"):
+                        if hosts[path] is None or setup not in ("local", path):
+                            continue
+                        host, proxied = (hosts[path], False) if setup == "local" else ("allowed.test", True)
+                        r[f"http get ms {path}"].extend(http_get(kc, host, proxied, n_get))
+                        r[f"download MB/s {path}"].append(download(kc, host, proxied))
+                    if setup != "local":
+                        r["memory after traffic"].append(pod_memory(client, km))
+                    rr = restart(km, kc)
+                    for k, v in rr.items():
+                        r[k].append(v)
+                    r["shutdown"].append(shutdown(km, kc))
+
+            say("import time of ipykernel.kernelapp, local and in the kernel image ...")
+            image = AWFProvisioner().image
+            uid = os.getuid() or 1000
+            for _ in range(args.runs):
+                S["local"]["import ipykernel.kernelapp"].append(import_time_local())
+                inside, wall = import_time_image(client, image, uid)
+                S["internal"]["import ipykernel.kernelapp"].append(inside)
+                S["internal"]["docker run of the import"].append(wall)
+            result["importtime_top"] = {
+                "local": importtime_top([sys.executable, "-X", "importtime", "-c", "import ipykernel.kernelapp"]),
+                "image": importtime_top(["docker", "run", "--rm", "--network", "none", "--read-only",
+                                         "--entrypoint", "python3", "--label", f"{tf.LABEL}=true", image,
+                                         "-X", "importtime", "-c", "import ipykernel.kernelapp"]),
+            }
+
+            conc: dict = {}
+            if not args.skip_concurrent:
+                for setup in (("local", "internal") if args.quick else SETUPS):
+                    say(f"{CONCURRENT} {setup} kernels at once ...")
+                    if pooled and setup != "local" and args.pool_settle:
+                        time.sleep(args.pool_settle)
+                    conc[setup] = asyncio.run(concurrent_starts(specs[setup], ksm, env_for(setup), CONCURRENT))
+            result["concurrent"] = conc
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        notes.extend(cleanup(client))  # anything the stack's own cleanup missed (normally nothing)
+    if interrupted:
+        say("interrupted: every kernel, pod and network this run made was removed")
+        for n in notes:
+            say("note: " + n)
+        return 130
+
+    report = build_report(S, result, args, pooled, settings_extra)
+    result["figures"] = report.json()
+    result["samples"] = {s: dict(v) for s, v in S.items()}
+    result["breakdown"] = {label: [{"step": n, "local": lv, "awf": av} for n, lv, av in breakdown(S, label)]
+                           for label in ("bridge", "internal") if S[label].get("start to first reply")}
+    print(render_text(report, result, args, notes), file=out)
+    if args.json:
+        text = json.dumps(result, indent=1, default=str)
+        if args.json == "-":
+            print(text)
+        else:
+            pathlib.Path(args.json).write_text(text + "\n")
+            print(f"\nraw samples and medians: {args.json}", file=out)
     return 0
+
+
+def mem_med(samples: list[dict], container: str, key: str) -> float | None:
+    return med([s[container][key] for s in samples]) if samples else None
+
+
+def build_report(S, result, args, pooled, settings_extra) -> Report:
+    rep = Report()
+    L, B, Int = S["local"], S["bridge"], S["internal"]
+    for label, a in (("bridge", B), ("internal", Int)):
+        rep.add(f"start to first execute reply, {label} egress (s)", med(L["start to first reply"]),
+                med(a["start to first reply"]), "<= 1.2x", "ratio", 1.2)
+    for label, a in (("bridge", B), ("internal", Int)):
+        rep.add(f"restart (restart_kernel + wait_for_ready), {label} (s)", med(L["restart"]),
+                med(a["restart"]), "<= 1.2x", "ratio", 1.2)
+    for label, a in (("bridge", B), ("internal", Int)):
+        rep.add(f"shutdown (shutdown_kernel), {label} (s)", med(L["shutdown"]), med(a["shutdown"]),
+                "<= 0.3 s", "max", 0.3)
+    conc = result.get("concurrent") or {}
+    for label in ("bridge", "internal"):
+        if label not in conc or "local" not in conc:
+            continue
+        lc, ac = conc["local"], conc[label]
+        rep.add(f"{CONCURRENT} at once, {label}: failed (of {CONCURRENT})", lc["failed"], ac["failed"],
+                "0 failed", "count", 0, fmt="{:d}")
+        rep.add(f"{CONCURRENT} at once, {label}: total until all ready (s)", lc["total"], ac["total"], "report", "info")
+        rep.add(f"{CONCURRENT} at once, {label}: slowest kernel (s)", lc["slowest"], ac["slowest"], "report", "info")
+    for label, a in (("internal", Int), ("bridge", B)):
+        idle, busy = a["memory idle"], a["memory after traffic"]
+        rep.add(f"proxy container RSS, idle, {label} (MiB; sum over its processes)", None,
+                mem_med(idle, "proxy", "rss_mib"), "<= 25 MiB", "max", 25, fmt="{:.1f}")
+        rep.add(f"proxy container cgroup minus page cache, idle, {label} (MiB)", None,
+                mem_med(idle, "proxy", "cgroup_minus_cache_mib"), "<= 25 MiB", "max", 25, fmt="{:.1f}")
+        if busy:
+            rep.add(f"proxy container RSS after the HTTP figures, {label} (MiB)", None,
+                    mem_med(busy, "proxy", "rss_mib"), "<= 25 MiB", "max", 25, fmt="{:.1f}")
+    rep.add("kernel RSS: container vs local process, idle (MiB)", med([m["rss_mib"] for m in L["memory idle"]]),
+            mem_med(Int["memory idle"], "kernel", "rss_mib"), "report", "info", fmt="{:.1f}")
+    for label in ("internal", "bridge"):
+        a = S[label]
+        if not a[f"http get ms {label}"]:
+            continue
+        rep.add(f"HTTP GET median, {label} (ms; direct by IP vs proxied by name)", med(L[f"http get ms {label}"]),
+                med(a[f"http get ms {label}"]), "<= +1 ms", "delta", 1.0, fmt="{:.2f}")
+        rep.add(f"{DOWNLOAD_BYTES // MB} MB download, {label} (MB/s; direct vs proxied)",
+                med(L[f"download MB/s {label}"]), med(a[f"download MB/s {label}"]), ">= 80%", "min_pct", 0.8,
+                fmt="{:.0f}", ratio="%")
+    rep.add("execute round trip (ms)", med(L["execute round trip (ms)"]), med(Int["execute round trip (ms)"]),
+            "report", "info", fmt="{:.2f}")
+    rep.add("import ipykernel.kernelapp (s; local vs kernel image)", med(L["import ipykernel.kernelapp"]),
+            med(Int["import ipykernel.kernelapp"]), "report", "info")
+    return rep
+
+
+def breakdown(S, label: str) -> list[tuple[str, float | None, float | None]]:
+    """(step, local median, awf median) of one egress network's start."""
+    L, a = S["local"], S[label]
+    steps: list[str] = []
+    for t in a["pod timings"]:
+        steps += [k for k in t if k not in steps]
+    rows = [("start_kernel call (local: Popen; awf: pre_launch + pod)", med(L["start_kernel call"]),
+             med(a["start_kernel call"]))]
+    for k in steps:
+        rows.append((f"  pod: {k}", None, med([t.get(k, 0.0) for t in a["pod timings"]])))
+    if steps:
+        rows.append(("  outside create_pod (policy, ports, files, jupyter_client)", None,
+                     med([s - sum(t.values()) for s, t in zip(a["start_kernel call"], a["pod timings"])])))
+    rows += [("jupyter_client wait_for_ready (kernel boot, ZMQ)", med(L["wait_for_ready"]), med(a["wait_for_ready"])),
+             ("first execute reply", med(L["first execute"]), med(a["first execute"])),
+             ("= start to first execute reply", med(L["start to first reply"]), med(a["start to first reply"]))]
+    return rows
+
+
+def render_text(report: Report, result: dict, args, notes: list[str]) -> str:
+    m = result["machine"]
+    S = result["samples"]
+    lines = [f"awf-kernel benchmark, {result['date']}: median of {args.runs} run(s); commit {m.get('commit', '?')}"
+             f"{' (+ uncommitted changes)' if m.get('uncommitted_changes') else ''}; {m.get('nproc')} cores, "
+             f"Linux {m.get('kernel')}, Docker {m.get('docker_server', '?')}",
+             "local = plain ipykernel (LocalProvisioner, `python3`); awf = sandboxed pod; ratio = awf/local", "",
+             report.text(), ""]
+    for label in ("bridge", "internal"):
+        if not S[label].get("start to first reply"):
+            continue
+        lines.append(f"start breakdown, {label} egress (medians, s):")
+        rows = breakdown(S, label)
+        w = max(len(r[0]) for r in rows)
+        for name, lv, av in rows:
+            f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            lines.append(f"  {name.ljust(w)}  {f(lv):>7}  {f(av):>7}")
+        rs = S[label]
+        lines.append(f"  restart: restart_kernel call {med(rs['restart_kernel call']):.3f}, wait_for_ready "
+                     f"{med(rs['restart wait_for_ready']):.3f}, to first reply {med(rs['restart to first reply']):.3f}")
+        lines.append("")
+    imp = S["internal"].get("import ipykernel.kernelapp")
+    if imp:
+        lines.append(f"kernel image: import ipykernel.kernelapp {med(imp):.3f} s inside (read-only, 1 CPU), "
+                     f"`docker run` of it {med(S['internal']['docker run of the import']):.3f} s wall; "
+                     f"local {med(S['local']['import ipykernel.kernelapp']):.3f} s")
+        for where, rows in (result.get("importtime_top") or {}).items():
+            lines.append(f"  import time by package ({where}, s): "
+                         + ", ".join(f"{n} {s:.3f}" for n, s in rows))
+        lines.append("")
+    for label, c in (result.get("concurrent") or {}).items():
+        lines.append(f"{CONCURRENT} {label} kernels at once: {CONCURRENT - c['failed']}/{CONCURRENT} ready, total "
+                     f"{c['total']:.2f} s, slowest {c['slowest']:.2f} s, all shut down in {c['shutdown_all']:.2f} s"
+                     + "".join(f"\n  failed: {k['error']}" for k in c["kernels"] if not k["ok"]))
+    mem = S["internal"].get("memory idle")
+    if mem:
+        lines.append("proxy processes (RSS MiB, one idle pod): "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in mem[-1]["proxy"]["processes"].items()))
+    if result["args"].get("pool_size") is not None:
+        lines.append(f"pool_size: {result['args']['pool_size']}")
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
