@@ -441,20 +441,23 @@ class Report:
                           "met": met, "fmt": fmt, "ratio_fmt": ratio})
 
     def text(self) -> str:
-        def cell(v, fmt):
-            if v is None:
-                return "-"
-            return fmt.format(v) if isinstance(v, (int, float)) else str(v)
-
-        lines = [(r["figure"], cell(r["local"], r["fmt"]), cell(r["awf"], r["fmt"]),
-                  "-" if r["ratio"] is None else (f"{r['ratio'] * 100:.0f}%" if r["ratio_fmt"] == "%"
-                                                  else f"{r['ratio']:.2f}x"),
-                  r["goal"] or "-", {True: "yes", False: "NO", None: "-"}[r["met"]]) for r in self.rows]
+        lines = self.cells()
         head = ("figure", "local", "awf", "ratio", "goal", "met?")
         w = [max(len(x[i]) for x in [head, *lines]) for i in range(6)]
         fmt_line = lambda x: "  ".join(  # noqa: E731
             (x[i].ljust(w[i]) if i in (0, 4) else x[i].rjust(w[i])) for i in range(6)).rstrip()
         return "\n".join([fmt_line(head), "  ".join("-" * n for n in w), *map(fmt_line, lines)])
+
+    def cells(self) -> list[tuple[str, ...]]:
+        def cell(v, fmt):
+            if v is None:
+                return "-"
+            return fmt.format(v) if isinstance(v, (int, float)) else str(v)
+
+        return [(r["figure"], cell(r["local"], r["fmt"]), cell(r["awf"], r["fmt"]),
+                 "-" if r["ratio"] is None else (f"{r['ratio'] * 100:.0f}%" if r["ratio_fmt"] == "%"
+                                                 else f"{r['ratio']:.2f}x"),
+                 r["goal"] or "-", {True: "yes", False: "NO", None: "-"}[r["met"]]) for r in self.rows]
 
     def json(self) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in ("fmt", "ratio_fmt")} for r in self.rows]
@@ -493,6 +496,8 @@ def parse_args(argv=None):
     ap.add_argument("--json", nargs="?", const="-", metavar="FILE",
                     help="also write every raw sample and median as JSON to FILE (`-` or no FILE: stdout, "
                          "and the table goes to stderr)")
+    ap.add_argument("--markdown", metavar="FILE",
+                    help="also write the tables as Markdown to FILE (what docs/performance.md shows)")
     args = ap.parse_args(argv)
     if args.runs is None:
         args.runs = 2 if args.quick else 5
@@ -519,10 +524,12 @@ def main(argv=None) -> int:
         else:
             notes.append(f"--pool-size {args.pool_size} ignored: this AWFProvisioner has no `pool_size` setting")
     pooled = bool(settings_extra.get("pool_size"))
+    result_pool = settings_extra.get("pool_size")
     n_get = 20 if args.quick else 50
     S: dict[str, dict[str, list]] = {s: defaultdict(list) for s in SETUPS}
     result: dict = {"machine": machine(), "args": vars(args), "notes": notes,
-                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "pool_size": result_pool}
     interrupted = False
     try:
         with contextlib.ExitStack() as stack:
@@ -630,6 +637,9 @@ def main(argv=None) -> int:
     result["breakdown"] = {label: [{"step": n, "local": lv, "awf": av} for n, lv, av in breakdown(S, label)]
                            for label in ("bridge", "internal") if S[label].get("start to first reply")}
     print(render_text(report, result, args, notes), file=out)
+    if args.markdown:
+        pathlib.Path(args.markdown).write_text(render_markdown(report, result, args, notes))
+        print(f"Markdown tables: {args.markdown}", file=out)
     if args.json:
         text = json.dumps(result, indent=1, default=str)
         if args.json == "-":
@@ -711,9 +721,37 @@ def breakdown(S, label: str) -> list[tuple[str, float | None, float | None]]:
     return rows
 
 
+def merged_steps(lists: list[list[str]]) -> list[str]:
+    """The union of several ordered step lists, each new step placed after its predecessor."""
+    out: list[str] = []
+    for names in lists:
+        prev = None
+        for n in names:
+            if n not in out:
+                out.insert(out.index(prev) + 1 if prev in out else len(out), n)
+            prev = n
+    return out
+
+
+def restart_breakdown(S, label: str) -> list[tuple[str, float | None, float | None]]:
+    """(step, local median, awf median) of one egress network's restart."""
+    L, a = S["local"], S[label]
+    steps: list[str] = []
+    for t in a["restart pod"]:
+        steps += [k for k in t if k not in steps]
+    rows = [("restart_kernel call (stop + cleanup + start)", med(L["restart_kernel call"]),
+             med(a["restart_kernel call"]))]
+    rows += [(f"  pod: {k}", None, med([t.get(k, 0.0) for t in a["restart pod"]])) for k in steps]
+    rows += [("wait_for_ready", med(L["restart wait_for_ready"]), med(a["restart wait_for_ready"])),
+             ("= restart", med(L["restart"]), med(a["restart"])),
+             ("restart to first execute reply", med(L["restart to first reply"]), med(a["restart to first reply"]))]
+    return rows
+
+
 def render_text(report: Report, result: dict, args, notes: list[str]) -> str:
     m = result["machine"]
     S = result["samples"]
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"awf-kernel benchmark, {result['date']}: median of {args.runs} run(s); commit {m.get('commit', '?')}"
              f"{' (+ uncommitted changes)' if m.get('uncommitted_changes') else ''}; {m.get('nproc')} cores, "
              f"Linux {m.get('kernel')}, Docker {m.get('docker_server', '?')}",
@@ -726,17 +764,12 @@ def render_text(report: Report, result: dict, args, notes: list[str]) -> str:
         rows = breakdown(S, label)
         w = max(len(r[0]) for r in rows)
         for name, lv, av in rows:
-            f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             lines.append(f"  {name.ljust(w)}  {f(lv):>7}  {f(av):>7}")
-        rs = S[label]
-        lines.append(f"  restart: restart_kernel call {med(rs['restart_kernel call']):.3f}, wait_for_ready "
-                     f"{med(rs['restart wait_for_ready']):.3f}, to first reply {med(rs['restart to first reply']):.3f}")
-        steps: list[str] = []
-        for t in rs["restart pod"]:
-            steps += [k for k in t if k not in steps]
-        if steps:
-            lines.append("    restart's pod steps: " + ", ".join(
-                f"{k} {med([t.get(k, 0.0) for t in rs['restart pod']]):.3f}" for k in steps))
+        lines.append(f"restart breakdown, {label} egress (medians, s):")
+        rows = restart_breakdown(S, label)
+        w = max(len(r[0]) for r in rows)
+        for name, lv, av in rows:
+            lines.append(f"  {name.ljust(w)}  {f(lv):>7}  {f(av):>7}")
         lines.append("")
     imp = S["internal"].get("import ipykernel.kernelapp")
     if imp:
@@ -755,10 +788,49 @@ def render_text(report: Report, result: dict, args, notes: list[str]) -> str:
     if mem:
         lines.append("proxy processes (RSS MiB, one idle pod): "
                      + ", ".join(f"{k} {v:.1f}" for k, v in mem[-1]["proxy"]["processes"].items()))
-    if result["args"].get("pool_size") is not None:
-        lines.append(f"pool_size: {result['args']['pool_size']}")
+    if result.get("pool_size") is not None:
+        lines.append(f"pool_size = {result['pool_size']} in the sandboxed kernel specs")
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def render_markdown(report: Report, result: dict, args, notes: list[str]) -> str:
+    m, S = result["machine"], result["samples"]
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    out = [f"Run of {result['date']}, commit `{m.get('commit', '?')}`"
+           f"{' (with uncommitted changes in the tree)' if m.get('uncommitted_changes') else ''}, "
+           f"median of {args.runs} runs; {m.get('nproc')} cores, Linux {m.get('kernel')}, "
+           f"Docker {m.get('docker_server', '?')}.", "",
+           "| figure | local | awf | ratio | goal | met? |", "|---|--:|--:|--:|---|---|"]
+    out += ["| " + " | ".join(c) + " |" for c in report.cells()]
+    labels = [x for x in ("bridge", "internal") if S[x].get("start to first reply")]
+    if labels:
+        rows = {x: breakdown(S, x) for x in labels}
+        names = merged_steps([[r[0] for r in rows[x]] for x in labels])
+        out += ["", "Start breakdown (medians, s):", "",
+                "| step | local | " + " | ".join(f"awf, {x}" for x in labels) + " |",
+                "|---|--:|" + "--:|" * len(labels)]
+        for name in names:
+            loc = next((r[1] for x in labels for r in rows[x] if r[0] == name), None)
+            vals = [next((f(r[2]) for r in rows[x] if r[0] == name), "-") for x in labels]
+            out.append(f"| {name.strip().replace('|', '/')} | {f(loc)} | " + " | ".join(vals) + " |")
+    if labels:
+        out += ["", "Restart breakdown (medians, s):", "",
+                "| step | local | " + " | ".join(f"awf, {x}" for x in labels) + " |",
+                "|---|--:|" + "--:|" * len(labels)]
+        rrows = {x: restart_breakdown(S, x) for x in labels}
+        names = merged_steps([[r[0] for r in rrows[x]] for x in labels])
+        for name in names:
+            loc = next((r[1] for x in labels for r in rrows[x] if r[0] == name), None)
+            vals = [next((f(r[2]) for r in rrows[x] if r[0] == name), "-") for x in labels]
+            out.append(f"| {name.strip()} | {f(loc)} | " + " | ".join(vals) + " |")
+    text = render_text(report, result, args, notes)
+    extra = [line for line in text.splitlines()
+             if line.startswith(("kernel image:", "  import time", "proxy processes", "  failed:", "note:", "pool"))
+             or (line.startswith(f"{CONCURRENT} ") and "kernels at once" in line)]
+    if extra:
+        out += ["", "```", *extra, "```"]
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
