@@ -145,3 +145,35 @@ def test_notebook7_shows_the_state_and_allows(page, lab, testnet):
     mark = testnet.mark()
     run_cell(page, 1, expect="200 'hello from allowed.test'")
     assert testnet.web_hits("allowed.test", since=mark)
+
+
+HOSTILE = r'''
+from IPython.display import publish_display_data
+bad = "<img src=x onerror=\"window.__awf_pwned=1\">"
+publish_display_data({"application/vnd.awf.denials+json": {"notebook": bad, "kernel_id": bad, "denials": [
+    {"host": bad, "ports": [80], "via": ["http"], "valid_name": True, "addable": True, "reason": bad,
+     "fix": "<script>window.__awf_pwned=2</script>"},
+    {"host": "gro.ipyp\u202eevil.test", "ports": [443], "valid_name": True, "addable": True, "reason": "r", "fix": "f"},
+    {"host": "10.0.0.1", "ports": [80], "valid_name": True, "addable": True, "reason": "r", "fix": "f"},
+    {"host": ["not", "a", "string"], "ports": "80", "valid_name": True, "addable": True},
+    {"host": "also.allowed.test", "ports": [80], "valid_name": False, "addable": True, "reason": "r", "fix": "f"},
+]}})
+'''
+
+
+def test_a_notice_forged_by_kernel_code_is_shown_as_text_and_gets_no_button(page, lab, testnet):
+    """The bundle comes from the kernel (hostile code): its strings are text,
+    and a host that is not a valid name (or that the bundle itself says is not)
+    gets no Allow button."""
+    path = write_notebook(lab, "forged.ipynb", [HOSTILE], {"allow_domains": []})
+    before = path.read_bytes()
+    open_notebook(page, lab, "forged.ipynb")
+    run_cell(page, 0, expect="window.__awf_pwned=2")
+    notice = page.locator(".awf-Notice").last
+    assert notice.locator(".awf-Notice-row").count() == 5
+    assert "<img src=x" in notice.text_content()
+    assert notice.locator("img, script, b").count() == 0
+    assert page.evaluate("() => window.__awf_pwned") is None
+    page.wait_for_timeout(1000)  # the server was (not) asked
+    assert notice.locator(".awf-Allow").count() == 0
+    assert path.read_bytes() == before
