@@ -14,6 +14,15 @@ main() {
   awf-kernel build
   awf-kernel install --user
   ensure_chp
+  ensure_chromium
+}
+
+ensure_chromium() {
+  # The JupyterLab tests (tests/browser) drive Debian's chromium with Playwright
+  # (pip, in the test extras), which cannot download a browser of its own here.
+  if command -v chromium >/dev/null 2>&1; then return; fi
+  log "apt-get install chromium"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 }
 
 ensure_chp() {
