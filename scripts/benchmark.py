@@ -165,6 +165,37 @@ def _cleanup(client) -> list[str]:
 
 # --- one kernel ------------------------------------------------------------------------------
 
+# jupyter_client's own steps, timed by wrapping them on the manager instance (its start,
+# restart and shutdown call them through `self`): (method, what it is).
+START_PHASES = (("_async_pre_start_kernel", "pre_start (awf: pre_launch: policy, ports, files)"),
+                ("_async_launch_kernel", "launch_kernel (local: Popen; awf: the pod)"),
+                ("_async_post_start_kernel", "post_start (control channel, restarter)"))
+STOP_PHASES = (("_async_interrupt_kernel", "interrupt"),
+               ("_async_request_shutdown", "shutdown request"),
+               ("_async_finish_shutdown", "finish_shutdown (wait until the kernel has stopped)"),
+               ("_async_cleanup_resources", "cleanup_resources (awf: remove the pod)"))
+
+
+def time_phases(km) -> dict[str, float]:
+    """Seconds spent in each of jupyter_client's steps (START_PHASES, STOP_PHASES)
+    since the returned dict was last cleared."""
+    spent: dict[str, float] = defaultdict(float)
+    for name, _ in START_PHASES + STOP_PHASES:
+        fn = getattr(km, name, None)
+        if fn is None or not asyncio.iscoroutinefunction(fn):
+            continue
+
+        async def timed(*a, _fn=fn, _name=name, **kw):
+            t = time.perf_counter()
+            try:
+                return await _fn(*a, **kw)
+            finally:
+                spent[_name] += time.perf_counter() - t
+
+        setattr(km, name, timed)
+    return spent
+
+
 def quiet(name: str) -> dict:
     """A local kernel's own output (its TCP warning) stays off the report."""
     return {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} if name == "python3" else {}
@@ -174,6 +205,7 @@ def start(name: str, ksm, env) -> tuple[KernelManager, object, dict]:
     """Start a kernel and time it up to its first execute reply."""
     t0 = time.perf_counter()
     km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
+    phases = km.bench_phases = time_phases(km)
     LIVE.append(km)
     km.start_kernel(env=env, **quiet(name))
     t1 = time.perf_counter()
@@ -188,7 +220,7 @@ def start(name: str, ksm, env) -> tuple[KernelManager, object, dict]:
     if reply["content"]["status"] != "ok":
         raise RuntimeError(f"first execute in {name} failed: {reply['content']}")
     rec = {"start to first reply": t3 - t0, "start_kernel call": t1 - t0, "wait_for_ready": t2 - t1,
-           "first execute": t3 - t2, "pod": pod_timings(km)}
+           "first execute": t3 - t2, "pod": pod_timings(km), "phases": dict(phases)}
     return km, kc, rec
 
 
@@ -234,6 +266,7 @@ def download(kc, host: str, proxied: bool) -> float:
 
 
 def restart(km, kc) -> dict:
+    km.bench_phases.clear()
     t0 = time.perf_counter()
     km.restart_kernel(now=False)
     t1 = time.perf_counter()
@@ -244,16 +277,18 @@ def restart(km, kc) -> dict:
     if getattr(km.provisioner, "pid", None):
         LOCAL_PIDS.add(km.provisioner.pid)
     return {"restart": t2 - t0, "restart_kernel call": t1 - t0, "restart wait_for_ready": t2 - t1,
-            "restart to first reply": t3 - t0, "restart pod": pod_timings(km)}
+            "restart to first reply": t3 - t0, "restart pod": pod_timings(km),
+            "restart phases": dict(km.bench_phases)}
 
 
-def shutdown(km, kc) -> float:
+def shutdown(km, kc) -> tuple[float, dict]:
     kc.stop_channels()
+    km.bench_phases.clear()
     t = time.perf_counter()
     km.shutdown_kernel()
     dt = time.perf_counter() - t
     LIVE.remove(km)
-    return dt
+    return dt, dict(km.bench_phases)
 
 
 # --- memory --------------------------------------------------------------------------------
@@ -581,6 +616,7 @@ def main(argv=None) -> int:
                     for k in ("start to first reply", "start_kernel call", "wait_for_ready", "first execute"):
                         r[k].append(rec[k])
                     r["pod timings"].append(rec["pod"])
+                    r["start phases"].append(rec["phases"])
                     r["execute round trip (ms)"].append(round_trip(kc, 30) * 1000)
                     mem = local_memory(km) if setup == "local" else pod_memory(client, km)
                     r["memory idle"].append(mem)
@@ -596,7 +632,9 @@ def main(argv=None) -> int:
                     rr = restart(km, kc)
                     for k, v in rr.items():
                         r[k].append(v)
-                    r["shutdown"].append(shutdown(km, kc))
+                    dt, phases = shutdown(km, kc)
+                    r["shutdown"].append(dt)
+                    r["shutdown phases"].append(phases)
 
             say("import time of ipykernel.kernelapp, local and in the kernel image ...")
             image = AWFProvisioner().image
@@ -702,23 +740,51 @@ def build_report(S, result, args, pooled, settings_extra) -> Report:
     return rep
 
 
+def _phase_rows(L, a, key: str, phases, pod_key: str | None) -> list[tuple[str, float | None, float | None]]:
+    """One row per jupyter_client step; under launch_kernel, the pod's own steps."""
+    rows = []
+    for method, what in phases:
+        rows.append((f"  {what}", med([p.get(method, 0.0) for p in L[key]]),
+                     med([p.get(method, 0.0) for p in a[key]])))
+        if method == "_async_launch_kernel" and pod_key and a[pod_key] and any(a[pod_key]):
+            steps: list[str] = []
+            for t in a[pod_key]:
+                steps += [k for k in t if k not in steps]
+            rows += [(f"    pod: {k}", None, med([t.get(k, 0.0) for t in a[pod_key]])) for k in steps]
+            rows.append(("    launch_kernel outside create_pod", None,
+                         med([p.get(method, 0.0) - sum(t.values()) for p, t in zip(a[key], a[pod_key])])))
+    return rows
+
+
 def breakdown(S, label: str) -> list[tuple[str, float | None, float | None]]:
     """(step, local median, awf median) of one egress network's start."""
     L, a = S["local"], S[label]
-    steps: list[str] = []
-    for t in a["pod timings"]:
-        steps += [k for k in t if k not in steps]
-    rows = [("start_kernel call (local: Popen; awf: pre_launch + pod)", med(L["start_kernel call"]),
-             med(a["start_kernel call"]))]
-    for k in steps:
-        rows.append((f"  pod: {k}", None, med([t.get(k, 0.0) for t in a["pod timings"]])))
-    if steps:
-        rows.append(("  outside create_pod (policy, ports, files, jupyter_client)", None,
-                     med([s - sum(t.values()) for s, t in zip(a["start_kernel call"], a["pod timings"])])))
+    rows = [("start_kernel call", med(L["start_kernel call"]), med(a["start_kernel call"]))]
+    rows += _phase_rows(L, a, "start phases", START_PHASES, "pod timings")
     rows += [("jupyter_client wait_for_ready (kernel boot, ZMQ)", med(L["wait_for_ready"]), med(a["wait_for_ready"])),
              ("first execute reply", med(L["first execute"]), med(a["first execute"])),
              ("= start to first execute reply", med(L["start to first reply"]), med(a["start to first reply"]))]
     return rows
+
+
+def restart_breakdown(S, label: str) -> list[tuple[str, float | None, float | None]]:
+    """(step, local median, awf median) of one egress network's restart."""
+    L, a = S["local"], S[label]
+    rows = [("restart_kernel call", med(L["restart_kernel call"]), med(a["restart_kernel call"]))]
+    rows += _phase_rows(L, a, "restart phases", STOP_PHASES + START_PHASES, "restart pod")
+    rows += [("wait_for_ready", med(L["restart wait_for_ready"]), med(a["restart wait_for_ready"])),
+             ("= restart", med(L["restart"]), med(a["restart"])),
+             ("restart to first execute reply", med(L["restart to first reply"]), med(a["restart to first reply"]))]
+    return rows
+
+
+def shutdown_breakdown(S, label: str) -> list[tuple[str, float | None, float | None]]:
+    L, a = S["local"], S[label]
+    return [("shutdown_kernel call", med(L["shutdown"]), med(a["shutdown"])),
+            *_phase_rows(L, a, "shutdown phases", STOP_PHASES, None)]
+
+
+BREAKDOWNS = (("start", breakdown), ("restart", restart_breakdown), ("shutdown", shutdown_breakdown))
 
 
 def merged_steps(lists: list[list[str]]) -> list[str]:
@@ -733,21 +799,6 @@ def merged_steps(lists: list[list[str]]) -> list[str]:
     return out
 
 
-def restart_breakdown(S, label: str) -> list[tuple[str, float | None, float | None]]:
-    """(step, local median, awf median) of one egress network's restart."""
-    L, a = S["local"], S[label]
-    steps: list[str] = []
-    for t in a["restart pod"]:
-        steps += [k for k in t if k not in steps]
-    rows = [("restart_kernel call (stop + cleanup + start)", med(L["restart_kernel call"]),
-             med(a["restart_kernel call"]))]
-    rows += [(f"  pod: {k}", None, med([t.get(k, 0.0) for t in a["restart pod"]])) for k in steps]
-    rows += [("wait_for_ready", med(L["restart wait_for_ready"]), med(a["restart wait_for_ready"])),
-             ("= restart", med(L["restart"]), med(a["restart"])),
-             ("restart to first execute reply", med(L["restart to first reply"]), med(a["restart to first reply"]))]
-    return rows
-
-
 def render_text(report: Report, result: dict, args, notes: list[str]) -> str:
     m = result["machine"]
     S = result["samples"]
@@ -757,19 +808,19 @@ def render_text(report: Report, result: dict, args, notes: list[str]) -> str:
              f"Linux {m.get('kernel')}, Docker {m.get('docker_server', '?')}",
              "local = plain ipykernel (LocalProvisioner, `python3`); awf = sandboxed pod; ratio = awf/local", "",
              report.text(), ""]
-    for label in ("bridge", "internal"):
-        if not S[label].get("start to first reply"):
-            continue
-        lines.append(f"start breakdown, {label} egress (medians, s):")
-        rows = breakdown(S, label)
-        w = max(len(r[0]) for r in rows)
-        for name, lv, av in rows:
-            lines.append(f"  {name.ljust(w)}  {f(lv):>7}  {f(av):>7}")
-        lines.append(f"restart breakdown, {label} egress (medians, s):")
-        rows = restart_breakdown(S, label)
-        w = max(len(r[0]) for r in rows)
-        for name, lv, av in rows:
-            lines.append(f"  {name.ljust(w)}  {f(lv):>7}  {f(av):>7}")
+    labels = [x for x in ("bridge", "internal") if S[x].get("start to first reply")]
+    for what, fn in BREAKDOWNS:
+        if not labels:
+            break
+        rows = {x: fn(S, x) for x in labels}
+        names = merged_steps([[r[0] for r in rows[x]] for x in labels])
+        w = max(len(n) for n in names)
+        lines.append(f"{what} breakdown (medians, s):")
+        lines.append(f"  {'':{w}}  {'local':>7}  " + "  ".join(f"{'awf ' + x:>12}" for x in labels))
+        for name in names:
+            loc = next((r[1] for x in labels for r in rows[x] if r[0] == name), None)
+            vals = [next((f(r[2]) for r in rows[x] if r[0] == name), "-") for x in labels]
+            lines.append(f"  {name.ljust(w)}  {f(loc):>7}  " + "  ".join(f"{v:>12}" for v in vals))
         lines.append("")
     imp = S["internal"].get("import ipykernel.kernelapp")
     if imp:
@@ -804,26 +855,19 @@ def render_markdown(report: Report, result: dict, args, notes: list[str]) -> str
            "| figure | local | awf | ratio | goal | met? |", "|---|--:|--:|--:|---|---|"]
     out += ["| " + " | ".join(c) + " |" for c in report.cells()]
     labels = [x for x in ("bridge", "internal") if S[x].get("start to first reply")]
-    if labels:
-        rows = {x: breakdown(S, x) for x in labels}
+    for what, fn in BREAKDOWNS:
+        if not labels:
+            break
+        rows = {x: fn(S, x) for x in labels}
         names = merged_steps([[r[0] for r in rows[x]] for x in labels])
-        out += ["", "Start breakdown (medians, s):", "",
+        out += ["", f"{what.capitalize()} breakdown (medians, s):", "",
                 "| step | local | " + " | ".join(f"awf, {x}" for x in labels) + " |",
                 "|---|--:|" + "--:|" * len(labels)]
         for name in names:
             loc = next((r[1] for x in labels for r in rows[x] if r[0] == name), None)
             vals = [next((f(r[2]) for r in rows[x] if r[0] == name), "-") for x in labels]
-            out.append(f"| {name.strip().replace('|', '/')} | {f(loc)} | " + " | ".join(vals) + " |")
-    if labels:
-        out += ["", "Restart breakdown (medians, s):", "",
-                "| step | local | " + " | ".join(f"awf, {x}" for x in labels) + " |",
-                "|---|--:|" + "--:|" * len(labels)]
-        rrows = {x: restart_breakdown(S, x) for x in labels}
-        names = merged_steps([[r[0] for r in rrows[x]] for x in labels])
-        for name in names:
-            loc = next((r[1] for x in labels for r in rrows[x] if r[0] == name), None)
-            vals = [next((f(r[2]) for r in rrows[x] if r[0] == name), "-") for x in labels]
-            out.append(f"| {name.strip()} | {f(loc)} | " + " | ".join(vals) + " |")
+            indent = "&nbsp;" * (len(name) - len(name.lstrip()))
+            out.append(f"| {indent}{name.strip()} | {f(loc)} | " + " | ".join(vals) + " |")
     text = render_text(report, result, args, notes)
     extra = [line for line in text.splitlines()
              if line.startswith(("kernel image:", "  import time", "proxy processes", "  failed:", "note:", "pool"))
