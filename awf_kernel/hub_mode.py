@@ -15,7 +15,7 @@ import fnmatch
 import os
 from typing import Any
 
-from . import policy_source, protect
+from . import trust, policy_source, protect
 from .broker.protocol import ENV_ALLOWLIST, PORT_NAMES
 
 # Settings that are admin bounds or pod mechanics: on a hub only the broker's
@@ -43,10 +43,17 @@ def kernel_env(launcher_env: dict[str, str]) -> dict[str, str]:
 
 def start_request(*, kernel_id: str, connection_info: dict[str, Any], launcher_env: dict[str, str],
                   cwd: str | None, root_dir: str | None, image: str | None, default_image: str,
-                  spec_dir: str | None, log: Any) -> dict[str, Any]:
+                  spec_dir: str | None, log: Any, require_trust: bool = True,
+                  trust_parent: Any = None) -> dict[str, Any]:
     """The broker's `start` request. The policy is the notebook's *request*
-    (validated here for early, clear errors; validated again by the broker)."""
-    request = policy_source.load_request(launcher_env, root_dir=root_dir, log=log)
+    (validated here for early, clear errors; validated again by the broker).
+    An untrusted notebook's request is not sent (awf_kernel.trust): consent
+    is the user's, checked on the user's side with the user's own notary."""
+    request, source_file = policy_source.load_request_from(launcher_env, root_dir=root_dir, log=log)
+    if request is not None and source_file and require_trust and not trust.is_trusted(source_file, trust_parent):
+        log.warning("awf-kernel %s: the notebook is not trusted; its request %s is not applied (trust the "
+                    "notebook, then restart the kernel)", kernel_id, request.written())
+        request = None
     notebook = policy_source.notebook_path(launcher_env.get(policy_source.SESSION_ENV, ""), root_dir)
     key = connection_info["key"]
     paths = protect.server_paths()

@@ -22,18 +22,26 @@ MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024
 
 def load_request(env: dict[str, str], *, root_dir: str | None = None,
                  log: logging.Logger | None = None) -> PolicyRequest | None:
+    return load_request_from(env, root_dir=root_dir, log=log)[0]
+
+
+def load_request_from(env: dict[str, str], *, root_dir: str | None = None,
+                      log: logging.Logger | None = None) -> tuple[PolicyRequest | None, str | None]:
+    """(request, the notebook file it was read from). A request from
+    AWF_POLICY has no file: the launcher chose it, which is explicit consent;
+    one read from a notebook file is the file's (see awf_kernel.trust)."""
     log = log or logging.getLogger(__name__)
     if env.get(POLICY_ENV):
-        return parse_request_json(env[POLICY_ENV], source=POLICY_ENV)
+        return parse_request_json(env[POLICY_ENV], source=POLICY_ENV), None
     session = env.get(SESSION_ENV)
     if not session:
-        return None
+        return None, None
     path = notebook_path(session, root_dir)
     if path is None:
         log.warning("awf-kernel: %s=%r is not a notebook under the server's root dir; "
                     "using the admin policy only", SESSION_ENV, session)
-        return None
-    return request_from_notebook(path)
+        return None, None
+    return request_from_notebook(path), path
 
 
 def notebook_path(session: str, root_dir: str | None) -> str | None:

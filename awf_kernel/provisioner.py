@@ -23,7 +23,7 @@ import string
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
@@ -32,13 +32,12 @@ from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Float, Int, List, Unicode, default, validate
 
 from . import __version__, addresses, hub_mode, naming, policy_source
-from . import protect
+from . import protect, trust
 from .broker.client import BrokerClient, BrokerError
 from .errors import InvalidSetting, PolicyError, SandboxStartError
 from .policy import DomainRule, Policy, PolicyRequest, parse_domains, resolve_policy
 from .render import pod as podspec, ports
-from .render.resolver import render_resolver_config
-from .render.squid import render_squid_conf
+from .render.proxy_files import render_proxy_files
 from .sandbox import docker as sandbox
 
 ADDONS_DIR = pathlib.Path(__file__).parent / "kernel_side"
@@ -69,6 +68,7 @@ class ResolvedPolicy(NamedTuple):
     policy: Policy
     ceiling: tuple[DomainRule, ...] | None  # the admin's domain_ceiling; None = no ceiling
     request: PolicyRequest | None           # the notebook's (or AWF_POLICY's) request; None = none
+    pending: PolicyRequest | None = None    # an untrusted notebook's request, held until the user confirms it
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ class LaunchPlan:
     gid: int
     mounts: tuple[podspec.Mount, ...]  # the notebook file and extra_mounts (protection is added at launch)
     cmd: tuple[str, ...]
+    pending: PolicyRequest | None = None  # the untrusted notebook's request, not applied (awf_kernel.trust)
 
 
 class AWFProvisioner(KernelProvisionerBase):
@@ -190,6 +191,15 @@ class AWFProvisioner(KernelProvisionerBase):
         After each cell, show the hosts the sandbox denied during it and the
         metadata line that would allow them (an IPython extension mounted
         read-only into the kernel; works with any image that has ipykernel).""")
+    require_trust = Bool(True, config=True, help="""
+        Consent for notebooks from elsewhere: a notebook file's `metadata.awf`
+        applies only when the user trusts the notebook (Jupyter's notebook
+        trust: JupyterLab's "Trust Notebook", `jupyter trust`, or a notebook
+        the user saved themselves). Until then its kernel gets the admin policy
+        alone and the request waits for the user's confirmation. A policy the
+        launcher passes (AWF_POLICY: nbval's plugin, papermill's engine,
+        nbclient) is explicit consent. False: every notebook's request applies
+        as soon as it runs.""")
     allow_record_mode = Bool(True, config=True, help="""
         Whether a notebook may ask for record mode (`"awf": {"mode": "record"}`),
         which lets through everything the admin bounds permit and logs it.
@@ -345,7 +355,13 @@ class AWFProvisioner(KernelProvisionerBase):
         kwargs.pop("extra_arguments", None)
         cwd = kwargs.pop("cwd", None)
 
+        self._policy_env = {k: launcher_env[k] for k in (policy_source.POLICY_ENV, policy_source.SESSION_ENV)
+                            if launcher_env.get(k)}
         resolved = self.resolve_policy(launcher_env)
+        if resolved.pending is not None:
+            self.log.warning("awf-kernel %s: the notebook is not trusted; its request %s waits for the user's "
+                             "confirmation (admin policy only until then)", self.kernel_id,
+                             json.dumps(resolved.pending.written()))
         self.log.info("awf-kernel %s: effective policy %s", self.kernel_id, json.dumps(resolved.policy.to_json()))
         await self._docker(sandbox.require_image, self.image, "image")
         await self._docker(sandbox.require_image, self.proxy_image, "proxy_image")
@@ -383,7 +399,8 @@ class AWFProvisioner(KernelProvisionerBase):
                 kernel_id=self.kernel_id, connection_info=dict(self.connection_info), launcher_env=launcher_env,
                 cwd=cwd, root_dir=self._root_dir(), image=self.image,
                 default_image=str(self.traits()["image"].default()),
-                spec_dir=getattr(self.kernel_spec, "resource_dir", None), log=self.log)
+                spec_dir=getattr(self.kernel_spec, "resource_dir", None), log=self.log,
+                require_trust=self.require_trust, trust_parent=self.parent)
         except BaseException:
             self._km.cleanup_connection_file()
             self._return_ports()
@@ -421,6 +438,7 @@ class AWFProvisioner(KernelProvisionerBase):
         if self.cell_notices:
             cmd.append("--IPKernelApp.extra_extensions=awf_notice")
         return LaunchPlan(policy=resolved.policy, ceiling=resolved.ceiling, request=resolved.request,
+                          pending=resolved.pending,
                           egress=egress, env=self._kernel_env(launcher_env), workdir=workdir, notebook=notebook,
                           uid=uid, gid=gid, mounts=self._protected_files(notebook, workdir) + self._extra_mounts(),
                           cmd=tuple(cmd))
@@ -428,7 +446,16 @@ class AWFProvisioner(KernelProvisionerBase):
     def resolve_policy(self, launcher_env: dict[str, str]) -> ResolvedPolicy:
         """The effective policy for a launch with this environment, and the
         admin bounds and notebook request it was made from."""
-        request = policy_source.load_request(launcher_env, root_dir=self._root_dir(), log=self.log)
+        request, notebook = policy_source.load_request_from(launcher_env, root_dir=self._root_dir(), log=self.log)
+        pending = None
+        if request is not None and notebook and self.require_trust and not trust.is_trusted(notebook, self.parent):
+            request, pending = None, request
+        resolved = self.resolve_request(request)
+        return resolved._replace(pending=pending)
+
+    def resolve_request(self, request: PolicyRequest | None) -> ResolvedPolicy:
+        """The effective policy for this request within the admin bounds;
+        PolicyError when it asks for more than the ceiling."""
         ceiling = None if self.domain_ceiling is None else parse_domains(
             self.domain_ceiling, "AWFProvisioner.domain_ceiling")
         policy = resolve_policy(
@@ -495,6 +522,8 @@ class AWFProvisioner(KernelProvisionerBase):
     _hub_request: dict = {}            # hub mode: the broker's `start` request, made in pre_launch
     _watched: dict = {}                # host path -> (device, inode) of every protected path
     _protect_dir: str | None = None    # holds the empty folder/file mounted over hidden paths
+    _policy_env: dict = {}             # AWF_POLICY / JPY_SESSION_NAME of the launch: where the policy is re-read
+    _generation: str = ""              # the policy files' generation the pod's proxy answers by
 
     def _protection(self, plan: LaunchPlan, mounts: list[podspec.Mount]) -> list[podspec.Mount]:
         """Mounts that keep the kernel from planting code that runs outside the
@@ -564,6 +593,12 @@ class AWFProvisioner(KernelProvisionerBase):
         d = base / self.kernel_id
         d.mkdir(exist_ok=True)
         os.chmod(d, 0o777)  # written by the proxy's uid 13; the parent (0700) keeps others out
+        self._write_policy_meta(d, plan)
+        return str(d)
+
+    def _write_policy_meta(self, d: pathlib.Path, plan: LaunchPlan) -> None:
+        """policy.json: what the trail is read against (the kernel's notices
+        read it too, so it is replaced whole, never written in place)."""
         meta = {
             "kernel_id": self.kernel_id,
             "notebook": plan.notebook,
@@ -571,10 +606,12 @@ class AWFProvisioner(KernelProvisionerBase):
             "policy": {**plan.policy.to_json(), "allow_all": plan.policy.allow_all},
             "ceiling": None if plan.ceiling is None else [str(r) for r in plan.ceiling],
             "request": None if plan.request is None else plan.request.written(),
+            "pending": None if plan.pending is None else plan.pending.written(),
         }
-        (d / "policy.json").write_text(json.dumps(meta, indent=1))
-        os.chmod(d / "policy.json", 0o644)
-        return str(d)
+        tmp = d / ".policy.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, d / "policy.json")
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         """Called from `KernelManager._launch_kernel`: makes the pod and returns
@@ -631,16 +668,88 @@ class AWFProvisioner(KernelProvisionerBase):
             tmp_size=self.tmp_size or None,
         )
         private = list(self.allow_private_destinations)
-        files = {
-            "squid.conf": render_squid_conf(plan.policy, kernel_id=self.kernel_id, notebook=plan.notebook,
-                                            allowed_private=private).encode(),
-            "resolver.json": render_resolver_config(plan.policy, kernel_id=self.kernel_id,
-                                                    upstreams=list(self.dns_servers), notebook=plan.notebook,
-                                                    allowed_private=private).encode(),
-        }
+        files, self._generation = self._proxy_files(plan)
         rules = {"kernel_ports": settings.kernel_ports, "dns_upstreams": list(self.dns_servers),
                  "allowed_private": private}
         return settings, egress, files, rules
+
+    def _proxy_files(self, plan: LaunchPlan) -> tuple[dict[str, bytes], str]:
+        return render_proxy_files(plan.policy, kernel_id=self.kernel_id, notebook=plan.notebook,
+                                  upstreams=self.dns_servers, allowed_private=self.allow_private_destinations)
+
+    # --- live policy -----------------------------------------------------------------
+    async def update_policy(self, request: PolicyRequest | None, *, source: str) -> Policy:
+        """Put a new request in force in the running pod, within the admin
+        bounds, without restarting the kernel (its state survives). Raises
+        PolicyError when the request asks for more than the ceiling (nothing
+        changes). A proxy that does not confirm the new policy is stopped
+        with its kernel: a pod never runs on a half-applied policy.
+        Only the server side calls this; the kernel cannot reach the server."""
+        return await self._apply(self.resolve_request(request), source)
+
+    async def reload_policy(self, *, source: str = "notebook saved") -> Policy:
+        """Re-read the policy where the launch read it (the notebook file, with
+        its trust, or AWF_POLICY) and put it in force: what saving a notebook
+        whose `metadata.awf` changed does to its running kernel."""
+        return await self._apply(self.resolve_policy(dict(self._policy_env)), source)
+
+    async def _apply(self, resolved: ResolvedPolicy, source: str) -> Policy:
+        if self.broker:
+            raise SandboxStartError("a brokered kernel's policy changes at its next restart",
+                                    hint="restart the kernel to apply the notebook's new metadata")
+        if self.pod is None or self.plan is None:
+            raise SandboxStartError("the kernel has no running pod", hint="start the kernel first")
+        previous = self.plan
+        plan = replace(previous, policy=resolved.policy, ceiling=resolved.ceiling, request=resolved.request,
+                       pending=resolved.pending)
+        files, generation = self._proxy_files(plan)
+        if generation != self._generation:
+            try:
+                seconds = await self._docker(sandbox.apply_policy, self.pod.proxy_id, files, generation)
+            except Exception:
+                self.log.error("awf-kernel %s: the new policy was not confirmed; stopping the kernel",
+                               self.kernel_id)
+                await self._docker(sandbox.signal_container, self.pod.kernel_id_container, signal.SIGKILL)
+                raise
+            self.log.info("awf-kernel %s: policy %s in force after %.2f s (%s): %s", self.kernel_id, generation,
+                          seconds, source, json.dumps(plan.policy.to_json()))
+        self.plan, self._generation = plan, generation
+        d = self._audit_dir_for_change().parent
+        if d.is_dir():
+            self._write_policy_meta(d, plan)
+            record = {"kind": "policy", "time": time.time(), "kernel_id": self.kernel_id, "source": source,
+                      "generation": generation, "policy": plan.policy.to_json(),
+                      "previous": previous.policy.to_json(),
+                      "pending": None if plan.pending is None else plan.pending.written()}
+            with open(self._audit_dir_for_change(), "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+        return plan.policy
+
+    def _audit_dir_for_change(self) -> pathlib.Path:
+        """The audit trail's record of policy changes (next to policy.json)."""
+        return pathlib.Path(self.audit_dir) / self.kernel_id / "policy-changes.jsonl"
+
+    def policy_view(self) -> dict:
+        """The policy as a user should see it (the JupyterLab panel): the
+        effective rules, what the admin and the notebook contributed, and a
+        request waiting for the user's trust."""
+        plan = self.plan
+        def rules(values):
+            return [str(r) for r in values]
+        return {
+            "kernel_id": self.kernel_id,
+            "hub_mode": bool(self.broker),
+            "notebook": plan.notebook if plan else None,
+            "generation": self._generation,
+            "require_trust": self.require_trust,
+            "effective": None if plan is None else {**plan.policy.to_json(), "allow_all": plan.policy.allow_all},
+            "admin": {"allow_domains": list(self.allow_domains), "block_domains": list(self.block_domains),
+                      "allow_record_mode": self.allow_record_mode},
+            "ceiling": None if self.domain_ceiling is None else rules(
+                parse_domains(self.domain_ceiling, "AWFProvisioner.domain_ceiling")),
+            "request": None if plan is None or plan.request is None else plan.request.written(),
+            "pending": None if plan is None or plan.pending is None else plan.pending.written(),
+        }
 
     # --- running -----------------------------------------------------------------
     async def poll(self) -> int | None:

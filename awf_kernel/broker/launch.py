@@ -28,8 +28,7 @@ from ..errors import AWFError, ImageMissing, NetworkMissing
 from ..policy import Policy, PolicyRequest, parse_domains, resolve_policy
 from ..render import pod as podspec
 from ..render import ports as pod_ports
-from ..render.resolver import render_resolver_config
-from ..render.squid import render_squid_conf
+from ..render.proxy_files import render_proxy_files
 from ..sandbox import docker as sandbox
 from . import userside
 from .config import BrokerConfig
@@ -185,13 +184,8 @@ def audit_meta(kernel_id: str, owner_uid: int, notebook: str | None, policy: Pol
 
 
 def pod_files(cfg: BrokerConfig, policy: Policy, kernel_id: str, notebook: str | None) -> dict[str, bytes]:
-    private = list(cfg.allow_private_destinations)
-    return {
-        "squid.conf": render_squid_conf(policy, kernel_id=kernel_id, notebook=notebook,
-                                        allowed_private=private).encode(),
-        "resolver.json": render_resolver_config(policy, kernel_id=kernel_id, upstreams=list(cfg.dns_servers),
-                                                notebook=notebook, allowed_private=private).encode(),
-    }
+    return render_proxy_files(policy, kernel_id=kernel_id, notebook=notebook, upstreams=cfg.dns_servers,
+                              allowed_private=cfg.allow_private_destinations)[0]
 
 
 def firewall_inputs(cfg: BrokerConfig, req: StartRequest) -> dict:

@@ -264,6 +264,21 @@ def _run_firewall(settings, proxy, env, timeout) -> None:
         _remove_container(fw)
 
 
+def apply_policy(proxy_id: str, files: dict[str, bytes], generation: str, timeout: float = 5.0) -> float:
+    """Put new policy files in force in a running proxy (awf-reload) and
+    return the seconds it took. Raises SandboxStartError when the proxy does
+    not confirm the generation; the caller then stops the pod."""
+    t = time.perf_counter()
+    proxy = client().containers.get(proxy_id)
+    proxy.put_archive("/etc/awf", _tar({f"next/{name}": data for name, data in files.items()}))
+    result = proxy.exec_run(["/usr/local/bin/awf-reload", generation, str(max(1, int(timeout)))],
+                            user=str(ports.PROXY_UID), demux=False)
+    if result.exit_code != 0:
+        raise SandboxStartError(f"the pod's proxy did not put policy {generation} in force",
+                                logs=(result.output or b"").decode(errors="replace"))
+    return time.perf_counter() - t
+
+
 def _logs(container, tail: int = 40) -> str:
     try:
         return container.logs(tail=tail).decode(errors="replace")

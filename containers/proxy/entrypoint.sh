@@ -32,6 +32,7 @@ check_config() {
 start_resolver() {
   python3 /usr/local/lib/awf/resolver.py "$CONF_DIR/resolver.json" &
   RESOLVER_PID=$!
+  echo "$RESOLVER_PID" >/run/awf/resolver.pid  # awf-reload signals it (SIGHUP: new policy)
 }
 
 rotate_access_log() {

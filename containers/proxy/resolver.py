@@ -49,6 +49,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -580,10 +581,47 @@ def bind_pair(listen, port):
     raise OSError("no free port for both UDP and TCP")
 
 
-def serve(config):
+GENERATION_FILE = "/run/awf/resolver.generation"
+
+
+def announce(config, path=GENERATION_FILE):
+    """Tell the reload step which policy this resolver now answers by: the
+    rendered config's generation, written only once the policy is in force."""
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(config.get("generation", "")))
+    os.replace(tmp, path)
+
+
+def reload(server, config_path, generation_file=GENERATION_FILE):
+    """SIGHUP: a new policy (live policy, a pool pod claimed by a kernel).
+    The sockets stay bound throughout, so the port is never free for the
+    kernel that shares this namespace; only the deciding state is swapped.
+    A config that does not load keeps the old policy and announces nothing,
+    so the reload step fails and the pod is stopped (fail closed)."""
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+        fresh = Resolver(config)
+    except Exception as exc:  # noqa: BLE001 - the running policy stays in force
+        print(f"[awf-dns] reload failed, keeping the current policy: {type(exc).__name__}: {exc}",
+              file=sys.stderr, flush=True)
+        return
+    old, server.resolver = server.resolver, fresh
+    threading.Timer(5.0, old.close).start()  # answers in flight finish with the old log file
+    announce(config, generation_file)
+    print(f"[awf-dns] policy {config.get('generation')} in force", file=sys.stderr, flush=True)
+
+
+def serve(config, config_path=None, generation_file=GENERATION_FILE):
     resolver = Resolver(config)
     server = Server(resolver, config.get("listen", "127.0.0.1"), int(config.get("port", 5353))).start()
     host, port = server.address
+    if config_path:
+        signal.signal(signal.SIGHUP, lambda *_: reload(server, config_path, generation_file))
+    announce(config, generation_file)
     print(f"[awf-dns] listening on {host}:{port} udp+tcp, upstreams {resolver.upstreams}",
           file=sys.stderr, flush=True)
     while True:
@@ -596,4 +634,5 @@ def serve(config):
 
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:
-        serve(json.load(f))
+        first = json.load(f)
+    serve(first, sys.argv[1], first.get("generation_file", GENERATION_FILE))

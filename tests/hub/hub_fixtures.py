@@ -696,11 +696,19 @@ class Hub:
         return path
 
     def write_notebook(self, user: SystemUser, relpath: str, cells: list[str] = (),
-                       metadata: dict | None = None) -> Path:
+                       metadata: dict | None = None, trusted: bool = True) -> Path:
+        """A notebook of the user's; `trusted`: signed by the user (`jupyter
+        trust`, run as them), as a notebook they wrote themselves is, so its
+        `metadata.awf` applies (awf_kernel.trust)."""
         import nbformat
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells],
                                       metadata=metadata or {})
-        return self.write_file(user, relpath, nbformat.writes(nb))
+        path = self.write_file(user, relpath, nbformat.writes(nb))
+        if trusted:
+            done = self.run_as(user, str(self.users_python.bin / "jupyter"), "trust", str(path))
+            if done.returncode != 0:
+                raise HubError(f"jupyter trust {path} as {user.name} failed: {done.stderr}")
+        return path
 
     # -- teardown
     def processes(self) -> dict[int, str]:

@@ -17,6 +17,8 @@ import pytest
 from jupyter_client.blocking import BlockingKernelClient
 from nbformat.v4 import new_notebook
 
+from awf_kernel import trust
+
 TOKEN = "awf-test-token"
 
 
@@ -35,8 +37,11 @@ def _api(port, path, method="GET", body=None):
 
 
 @pytest.fixture
-def server(tmp_path, spec_dir):
+def server(tmp_path, spec_dir, monkeypatch):
     pytest.importorskip("jupyter_server")
+    # The user's notebook trust (nbsignatures.db) lives in the data folder: the test's own,
+    # shared by the server and this process (trust.trust signs as the user would).
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
     root = tmp_path / "root"
     (root / "sub").mkdir(parents=True)
     os.chown(root / "sub", 1000, 1000) if os.getuid() == 0 else None
@@ -90,6 +95,7 @@ def test_session_kernel_gets_the_notebooks_metadata(server, testnet):
     nb = new_notebook()
     nb.metadata["awf"] = {"allow_domains": ["other.test"]}
     nbformat.write(nb, str(root / "sub" / "analysis.ipynb"))
+    trust.trust(str(root / "sub" / "analysis.ipynb"))  # the user's own notebook
     session = _api(port, "/api/sessions", "POST", {"path": "sub/analysis.ipynb", "type": "notebook",
                                                    "name": "analysis.ipynb", "kernel": {"name": "awf-python"}})
     kid = session["kernel"]["id"]
@@ -102,11 +108,21 @@ def test_session_kernel_gets_the_notebooks_metadata(server, testnet):
         # edit the metadata on disk, restart through the server: the new policy applies
         nb.metadata["awf"] = {"allow_domains": ["allowed.test"]}
         nbformat.write(nb, str(root / "sub" / "analysis.ipynb"))
+        trust.trust(str(root / "sub" / "analysis.ipynb"))
         kc.stop_channels()
         _api(port, f"/api/kernels/{kid}/restart", "POST", {})
         kc = _client(runtime, kid)
         assert _fetch(kc, "http://allowed.test/") == "200"
         assert _fetch(kc, "http://other.test/") == "403"
+        # replaced by a copy from elsewhere (content never signed): only the admin policy until the user trusts it
+        nb.metadata["awf"] = {"allow_domains": ["other.test"], "block_domains": ["blocked.test"]}
+        nbformat.write(nb, str(root / "sub" / "analysis.ipynb"))
+        kc.stop_channels()
+        _api(port, f"/api/kernels/{kid}/restart", "POST", {})
+        kc = _client(runtime, kid)
+        mark = testnet.mark()
+        assert _fetch(kc, "http://other.test/") == "403"
+        assert testnet.web_hits("other.test", since=mark) == []
     finally:
         kc.stop_channels()
 

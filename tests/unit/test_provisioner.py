@@ -14,6 +14,7 @@ import json
 import os
 import uuid
 
+import nbformat
 import pytest
 from jupyter_client.kernelspec import KernelSpec
 from traitlets import Bool, Int, Unicode
@@ -22,6 +23,7 @@ from traitlets.config import Configurable
 from awf_kernel import provisioner as provmod
 from awf_kernel.errors import InvalidSetting, SandboxStartError
 from awf_kernel.policy import parse_domains
+from awf_kernel import trust
 from awf_kernel.provisioner import PORT_NAMES, AWFProvisioner, LaunchPlan
 from awf_kernel.render import pod as podspec
 from awf_kernel.sandbox.docker import EgressNetwork
@@ -159,9 +161,8 @@ def test_parse_mounts_names_the_entry():
 def test_the_whole_plan(tmp_path, docker_free):
     folder = tmp_path / "project"
     folder.mkdir()
-    nb = folder / "a.ipynb"
-    nb.write_text(json.dumps({"metadata": {"awf": {"allow_domains": ["@pypi", "example.org"],
-                                                   "block_domains": ["bad.example.org"]}}}))
+    nb = write_notebook(folder / "a.ipynb", {"allow_domains": ["@pypi", "example.org"],
+                                             "block_domains": ["bad.example.org"]}, trusted=True)
     data = tmp_path / "data"
     data.mkdir()
     link = tmp_path / "data-link"
@@ -187,6 +188,51 @@ def test_the_whole_plan(tmp_path, docker_free):
                                       "block_domains": ["bad.example.org"], "source": f"notebook {nb} metadata awf"}
     assert prov.parent.calls == ["write_connection_file"]
     assert prov.connection_info["shell_port"] == 50001
+
+
+@pytest.fixture(autouse=True)
+def own_notary(tmp_path, monkeypatch):
+    """Notebook trust is kept in the user's Jupyter data folder: a test's own."""
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter-data"))
+
+
+def write_notebook(path, awf: dict, trusted: bool):
+    nb = nbformat.v4.new_notebook(metadata={"awf": awf})
+    nb.cells.append(nbformat.v4.new_code_cell("1"))
+    nbformat.write(nb, str(path))
+    if trusted:
+        trust.trust(str(path))
+    return path
+
+
+def test_an_untrusted_notebooks_request_waits_for_consent(tmp_path):
+    nb = write_notebook(tmp_path / "downloaded.ipynb", {"allow_domains": ["example.org"]}, trusted=False)
+    prov = make(tmp_path, root_dir=str(tmp_path), allow_domains=["admin.org"])
+    resolved = prov.resolve_policy({"JPY_SESSION_NAME": str(nb)})
+    assert resolved.request is None and [str(r) for r in resolved.policy.allow] == ["admin.org"]
+    assert resolved.pending.allow_written == ("example.org",)
+    # the user trusts it ("Trust Notebook"): the request applies
+    trust.trust(str(nb))
+    resolved = prov.resolve_policy({"JPY_SESSION_NAME": str(nb)})
+    assert resolved.pending is None and resolved.policy.decide("example.org").allowed
+
+
+def test_consent_rule_can_be_turned_off_and_the_launchers_policy_is_consent(tmp_path):
+    nb = write_notebook(tmp_path / "downloaded.ipynb", {"allow_domains": ["example.org"]}, trusted=False)
+    off = make(tmp_path, root_dir=str(tmp_path), require_trust=False).resolve_policy({"JPY_SESSION_NAME": str(nb)})
+    assert off.pending is None and off.policy.decide("example.org").allowed
+    explicit = make(tmp_path, root_dir=str(tmp_path)).resolve_policy(
+        {"JPY_SESSION_NAME": str(nb), "AWF_POLICY": json.dumps({"allow_domains": ["b.example.org"]})})
+    assert explicit.pending is None and explicit.policy.decide("b.example.org").allowed
+
+
+def test_a_notebook_edited_after_it_was_trusted_is_untrusted_again(tmp_path):
+    nb = write_notebook(tmp_path / "mine.ipynb", {"allow_domains": ["example.org"]}, trusted=True)
+    data = json.loads(nb.read_text())
+    data["metadata"]["awf"]["allow_domains"].append("evil.example.net")  # changed outside Jupyter
+    nb.write_text(json.dumps(data))
+    resolved = make(tmp_path, root_dir=str(tmp_path)).resolve_policy({"JPY_SESSION_NAME": str(nb)})
+    assert resolved.request is None and resolved.pending.allow_written == ("example.org", "evil.example.net")
 
 
 def test_resolve_policy_returns_the_ceiling_and_request(tmp_path):

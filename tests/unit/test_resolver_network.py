@@ -9,6 +9,7 @@ import os
 import pathlib
 import socket
 import subprocess
+import signal
 import sys
 import threading
 import time
@@ -389,16 +390,64 @@ def test_resolver_script_listens_on_udp_and_tcp_before_saying_so(tmp_path):
     upstream = FakeUpstream()
     config = json.loads(render_resolver_config(Policy(allow=parse_domains([".allowed.test"], "t")),
                                                kernel_id="k", upstreams=["127.0.0.1"]))
-    config.update(port=0, upstream_port=upstream.port, log=str(tmp_path / "dns.jsonl"))
+    config.update(port=0, upstream_port=upstream.port, log=str(tmp_path / "dns.jsonl"),
+                  generation_file=str(tmp_path / "generation"), generation="g1")
     (tmp_path / "resolver.json").write_text(json.dumps(config))
     proc = subprocess.Popen([sys.executable, str(RESOLVER), str(tmp_path / "resolver.json")],
                             stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()
         assert "[awf-dns] listening on 127.0.0.1:" in line, line
+        assert (tmp_path / "generation").read_text() == "g1"
         port = int(line.split("127.0.0.1:")[1].split()[0])
         assert addresses(ask_udp(("127.0.0.1", port), "www.allowed.test")) == [REAL]
         assert addresses(ask_tcp(("127.0.0.1", port), "www.allowed.test")) == [REAL]
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        proc.stderr.close()
+        upstream.close()
+
+
+def test_resolver_takes_a_new_policy_on_sighup_without_letting_go_of_its_port(tmp_path):
+    """Live policy: SIGHUP swaps the deciding state; the sockets stay bound
+    (the port is never free for the kernel), and the new generation is
+    announced only once the new policy answers. A config that does not load
+    keeps the old policy and announces nothing."""
+    upstream = FakeUpstream()
+    path, gen = tmp_path / "resolver.json", tmp_path / "generation"
+
+    def write(domains, generation):
+        config = json.loads(render_resolver_config(Policy(allow=parse_domains(domains, "t")),
+                                                   kernel_id="k", upstreams=["127.0.0.1"]))
+        config.update(port=0, upstream_port=upstream.port, log=str(tmp_path / "dns.jsonl"),
+                      generation_file=str(gen), generation=generation)
+        path.write_text(json.dumps(config))
+
+    def wait_for(generation):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if gen.exists() and gen.read_text() == generation:
+                return True
+            time.sleep(0.02)
+        return False
+
+    write([".allowed.test"], "g1")
+    proc = subprocess.Popen([sys.executable, str(RESOLVER), str(path)], stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        port = int(line.split("127.0.0.1:")[1].split()[0])
+        assert addresses(ask_udp(("127.0.0.1", port), "www.allowed.test")) == [REAL]
+        write(["other.test"], "g2")
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for("g2")
+        assert addresses(ask_udp(("127.0.0.1", port), "www.allowed.test")) == []  # narrowed
+        assert addresses(ask_tcp(("127.0.0.1", port), "other.test")) == [REAL]    # widened
+        path.write_text("{not json")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert gen.read_text() == "g2" and proc.poll() is None
+        assert addresses(ask_udp(("127.0.0.1", port), "other.test")) == [REAL]  # the old policy stays
     finally:
         proc.terminate()
         proc.wait(5)
