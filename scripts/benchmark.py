@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 
@@ -129,15 +130,12 @@ def _cleanup(client) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - the label sweep below still runs
             notes.append(f"shutdown of kernel {km.kernel_id}: {type(exc).__name__}: {exc}")
         LIVE.remove(km)
-    for hook in ("shutdown_pool", "drain_pool", "close_pool"):  # the warm pool, if any, by its own hand
-        fn = getattr(AWFProvisioner, hook, None) or getattr(sandbox, hook, None)
-        if callable(fn):
-            try:
-                res = fn()
-                if asyncio.iscoroutine(res):
-                    asyncio.run(res)
-            except Exception as exc:  # noqa: BLE001
-                notes.append(f"{hook}: {type(exc).__name__}: {exc}")
+    pool = _pool()
+    if pool is not None:  # the warm pool's unclaimed pods, by its own hand (as a server does at exit)
+        try:
+            pool.close()
+        except Exception as exc:  # noqa: BLE001 - the label sweep below still runs
+            notes.append(f"closing the warm pool: {type(exc).__name__}: {exc}")
     kids = set()
     try:
         selected = naming.kernel_filter(server=SERVER)
@@ -161,6 +159,29 @@ def _cleanup(client) -> list[str]:
                 notes.append(f"killed local kernel {pid}")
         LOCAL_PIDS.discard(pid)
     return notes
+
+
+def _pool():
+    """The process-wide warm pool of awf_kernel.sandbox.pool, if this version has one."""
+    try:
+        from awf_kernel.sandbox import pool
+    except ImportError:
+        return None
+    return getattr(pool, "POOL", None)
+
+
+POOL_THREAD = "awf-kernel-pool"  # the name of the pool's filler threads
+
+
+def wait_pool_idle(timeout: float) -> float:
+    """Let the warm pool refill (its filler threads finish) before a timed start,
+    as it would between two users' starts; returns the seconds waited."""
+    t = time.perf_counter()
+    while time.perf_counter() - t < timeout:
+        if not any(th.name.startswith(POOL_THREAD) and th.is_alive() for th in threading.enumerate()):
+            break
+        time.sleep(0.05)
+    return time.perf_counter() - t
 
 
 # --- one kernel ------------------------------------------------------------------------------
@@ -522,12 +543,12 @@ def parse_args(argv=None):
     ap.add_argument("--runs", type=int, default=None, help="runs of each sequential figure (default 5; 2 with --quick)")
     ap.add_argument("--pool-size", type=int, default=None,
                     help="set the provisioner's `pool_size` in the sandboxed kernel specs (if it has that setting)")
-    ap.add_argument("--pool-settle", type=float, default=3.0,
-                    help="with a pool: seconds to let it refill before each timed sandboxed start (default 3)")
+    ap.add_argument("--pool-settle", type=float, default=30.0,
+                    help="with a pool: at most this many seconds waiting for it to refill before each timed "
+                         "sandboxed start (default 30)")
     ap.add_argument("--skip-concurrent", action="store_true", help="skip the ten-kernels-at-once figure")
     ap.add_argument("--quick", action="store_true",
-                    help="fewer samples: 2 runs, 20 GETs per sample, no warm-up, ten-at-once on the internal "
-                         "network only")
+                    help="fewer samples: 2 runs, 20 GETs per sample, ten-at-once on the internal network only")
     ap.add_argument("--json", nargs="?", const="-", metavar="FILE",
                     help="also write every raw sample and median as JSON to FILE (`-` or no FILE: stdout, "
                          "and the table goes to stderr)")
@@ -553,13 +574,15 @@ def main(argv=None) -> int:
     client = docker.from_env()
     notes: list[str] = []
     settings_extra: dict = {}
+    has_pool = "pool_size" in AWFProvisioner.class_traits(config=True)
     if args.pool_size is not None:
-        if "pool_size" in AWFProvisioner.class_traits(config=True):
+        if has_pool:
             settings_extra["pool_size"] = args.pool_size
         else:
             notes.append(f"--pool-size {args.pool_size} ignored: this AWFProvisioner has no `pool_size` setting")
-    pooled = bool(settings_extra.get("pool_size"))
-    result_pool = settings_extra.get("pool_size")
+    # The pool size in effect: the one asked for, else the provisioner's default (None: no pool at all).
+    result_pool = settings_extra.get("pool_size", AWFProvisioner().pool_size if has_pool else None)
+    pooled = bool(result_pool)
     n_get = 20 if args.quick else 50
     S: dict[str, dict[str, list]] = {s: defaultdict(list) for s in SETUPS}
     result: dict = {"machine": machine(), "args": vars(args), "notes": notes,
@@ -577,7 +600,10 @@ def main(argv=None) -> int:
             except Exception as exc:  # noqa: BLE001 - the bridge figures shrink to start/restart/shutdown
                 notes.append(f"no beyond host ({type(exc).__name__}: {exc}): bridge HTTP figures skipped, "
                              "bridge start measured with the policy only")
-            prefix = stack.enter_context(tempfile.TemporaryDirectory(prefix="awf-bench-"))
+            # Removed last (the proxy's uid owns files in the audit folders: ignore what root-less runs cannot).
+            prefix = stack.enter_context(tempfile.TemporaryDirectory(prefix="awf-bench-", ignore_cleanup_errors=True))
+            # The benchmark's hundreds of kernels keep their audit trail here, not in the user's.
+            settings_extra["audit_dir"] = f"{prefix}/audit"
             # The test internets are private networks: opt their web host in, as an admin opts in an intranet site.
             kernelspec.install(prefix=prefix, name="awf-python", settings={
                 "egress_network": net.network, "dns_servers": [net.dns_ip],
@@ -599,19 +625,18 @@ def main(argv=None) -> int:
             def env_for(setup):
                 return env["local"] if setup == "local" else env["awf"]
 
-            if not args.quick:
-                say("warm-up: one start of each kind (not counted) ...")
-                for setup in SETUPS:
-                    km, kc, _ = start(specs[setup], ksm, env_for(setup))
-                    shutdown(km, kc)
+            say("warm-up: one start of each kind (not counted; it also primes a warm pool) ...")
+            for setup in SETUPS:
+                km, kc, _ = start(specs[setup], ksm, env_for(setup))
+                shutdown(km, kc)
 
             for i in range(args.runs):
                 order = SETUPS[i % 3:] + SETUPS[:i % 3]  # rotate, so no setup always runs first
                 for setup in order:
                     say(f"run {i + 1}/{args.runs}: {setup} ...")
                     r = S[setup]
-                    if pooled and setup != "local" and args.pool_settle:
-                        time.sleep(args.pool_settle)
+                    if pooled and setup != "local":
+                        wait_pool_idle(args.pool_settle)
                     km, kc, rec = start(specs[setup], ksm, env_for(setup))
                     for k in ("start to first reply", "start_kernel call", "wait_for_ready", "first execute"):
                         r[k].append(rec[k])
@@ -655,8 +680,8 @@ def main(argv=None) -> int:
             if not args.skip_concurrent:
                 for setup in (("local", "internal") if args.quick else SETUPS):
                     say(f"{CONCURRENT} {setup} kernels at once ...")
-                    if pooled and setup != "local" and args.pool_settle:
-                        time.sleep(args.pool_settle)
+                    if pooled and setup != "local":
+                        wait_pool_idle(args.pool_settle)
                     conc[setup] = asyncio.run(concurrent_starts(specs[setup], ksm, env_for(setup), CONCURRENT))
             result["concurrent"] = conc
     except KeyboardInterrupt:
@@ -799,6 +824,14 @@ def merged_steps(lists: list[list[str]]) -> list[str]:
     return out
 
 
+def pool_line(result: dict) -> str:
+    size = result.get("pool_size")
+    if size is None:
+        return "warm pool: none (this provisioner has no `pool_size` setting)"
+    how = "--pool-size" if result["args"].get("pool_size") is not None else "the provisioner's default"
+    return f"warm pool: pool_size = {size} ({how})" + ("" if size else ", i.e. every start is cold")
+
+
 def render_text(report: Report, result: dict, args, notes: list[str]) -> str:
     m = result["machine"]
     S = result["samples"]
@@ -839,8 +872,7 @@ def render_text(report: Report, result: dict, args, notes: list[str]) -> str:
     if mem:
         lines.append("proxy processes (RSS MiB, one idle pod): "
                      + ", ".join(f"{k} {v:.1f}" for k, v in mem[-1]["proxy"]["processes"].items()))
-    if result.get("pool_size") is not None:
-        lines.append(f"pool_size = {result['pool_size']} in the sandboxed kernel specs")
+    lines.append(pool_line(result))
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 
@@ -871,6 +903,7 @@ def render_markdown(report: Report, result: dict, args, notes: list[str]) -> str
     text = render_text(report, result, args, notes)
     extra = [line for line in text.splitlines()
              if line.startswith(("kernel image:", "  import time", "proxy processes", "  failed:", "note:", "pool"))
+             or line.startswith("warm pool")
              or (line.startswith(f"{CONCURRENT} ") and "kernels at once" in line)]
     if extra:
         out += ["", "```", *extra, "```"]
