@@ -93,14 +93,25 @@ export interface IHostCheck {
 
 export class ApiError extends Error {}
 
+const RETRIES = 3;
+const RETRY_DELAY = 250;
+
 async function request<T>(endpoint: string, init: RequestInit = {}): Promise<T> {
   const settings = ServerConnection.makeSettings();
   const url = URLExt.join(settings.baseUrl, 'awf-kernel', 'api', endpoint);
-  let response: Response;
-  try {
-    response = await ServerConnection.makeRequest(url, init, settings);
-  } catch (error) {
-    throw new ServerConnection.NetworkError(error as TypeError);
+  let response: Response | null = null;
+  for (let attempt = 0; response === null; attempt++) {
+    try {
+      response = await ServerConnection.makeRequest(url, init, settings);
+    } catch (error) {
+      // A network change on the machine (Docker adding a pod's interfaces)
+      // aborts requests in flight, even to loopback: every call here is
+      // idempotent, so try again before giving up.
+      if (attempt >= RETRIES) {
+        throw new ServerConnection.NetworkError(error as TypeError);
+      }
+      await new Promise(resolve => setTimeout(resolve, RETRY_DELAY * (attempt + 1)));
+    }
   }
   const body = await response.text();
   let data: any = null;

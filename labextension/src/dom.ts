@@ -49,7 +49,7 @@ export function clear(el: HTMLElement): void {
 }
 
 export function button(label: string, cls: string, onClick: () => void): HTMLButtonElement {
-  const b = h('button', { class: `jp-Button ${cls}`, type: 'button' }, label) as HTMLButtonElement;
+  const b = h('button', { class: `jp-Button jp-mod-styled ${cls}`, type: 'button' }, label) as HTMLButtonElement;
   b.addEventListener('click', event => {
     event.preventDefault();
     onClick();

@@ -130,7 +130,7 @@ export class DenialsRenderer extends Widget implements IRenderMime.IRenderer {
       }
       const name = result.name;
       const status = h('span', { class: 'awf-Status' });
-      const allow = button(`Allow ${name}`, 'awf-Allow jp-mod-accept jp-mod-styled', () => {
+      const allow = button(`Allow ${name}`, 'awf-Allow jp-mod-accept', () => {
         allow.disabled = true;
         status.textContent = ' saving…';
         allowHost(panel, name)

@@ -130,7 +130,12 @@ export class SandboxPanel extends Widget {
           : labelled('Ceiling (the most a notebook may ask for)', v.admin.domain_ceiling, 'empty: notebooks may ask for nothing', 'awf-Ceiling'),
         v.hub ? h('p', { class: 'awf-Hint' }, 'Hub mode: the broker’s configuration sets these bounds.') : null
       ),
-      section('The notebook asks for', requestView(v.request, 'no awf entry in the notebook’s metadata (or from the launcher)')),
+      section(
+        'The notebook asks for',
+        v.pending
+          ? h('p', { class: 'awf-Empty' }, 'held until you confirm it (above)')
+          : requestView(v.request, 'nothing: no awf entry in the notebook’s metadata')
+      ),
       this.denials(kernel),
       this.editorFor(panel)
     );
@@ -180,13 +185,13 @@ export class SandboxPanel extends Widget {
         'tr',
         {},
         h('td', { class: 'awf-Host' }, d.host ?? ''),
-        h('td', {}, d.port === undefined || d.port === null ? (d.kind ?? '') : String(d.port)),
+        h('td', {}, d.kind === 'dns' ? 'dns' : `${d.kind ?? ''} ${d.port ?? ''}`.trim()),
         h('td', {}, d.reason ?? '')
       )
     );
     return section(
       'Latest denials',
-      h('table', { class: 'awf-Denials' }, h('tr', {}, h('th', {}, 'host'), h('th', {}, 'port'), h('th', {}, 'why')), ...rows)
+      h('table', { class: 'awf-Denials' }, h('tr', {}, h('th', {}, 'host'), h('th', {}, 'how'), h('th', {}, 'why')), ...rows)
     );
   }
 
@@ -301,7 +306,7 @@ function requestView(req: IRequestLists | null, empty: string): HTMLElement {
     { class: 'awf-Request' },
     written('allow_domains', req.allow_domains, req.allow_expanded),
     written('block_domains', req.block_domains, req.block_expanded),
-    req.source ? h('div', { class: 'awf-Hint' }, `from ${req.source}`) : null
+    req.source === 'AWF_POLICY' ? h('div', { class: 'awf-Hint' }, 'from the launcher (AWF_POLICY), which wins over the notebook file') : null
   );
 }
 

@@ -4,7 +4,7 @@ Playwright cannot download its own browser here, so it drives
 /usr/bin/chromium. The flags keep Chromium from calling home (component
 updates, sync, background networking, QUIC), and every request the page makes
 to anything but 127.0.0.1 is aborted before it leaves: the tests' only
-network is loopback (JupyterLab) and the test internet the kernels reach.
+network is JupyterLab's address and the test internet the kernels reach.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
         "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
         "--disable-domain-reliability", "--disable-client-side-phishing-detection", "--metrics-recording-only",
         "--no-default-browser-check", "--disable-features=OptimizationHints,MediaRouter,Translate"]
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 def require_browser():
@@ -40,9 +39,13 @@ def require_browser():
         pytest.skip(msg)
 
 
-def loopback_only(route) -> None:
-    host = urlsplit(route.request.url).hostname or ""
-    if route.request.url.startswith(("data:", "blob:", "about:")) or host in LOOPBACK:
-        route.continue_()
-    else:
-        route.abort("blockedbyclient")
+def only(host: str):
+    """A Playwright route handler letting requests to `host` (the test's
+    JupyterLab) through and aborting every other one."""
+    def route(r) -> None:
+        url = r.request.url
+        if url.startswith(("data:", "blob:", "about:")) or urlsplit(url).hostname == host:
+            r.continue_()
+        else:
+            r.abort("blockedbyclient")
+    return route

@@ -51,8 +51,26 @@ def open_notebook(page, lab, name: str, app: str = "lab") -> None:
     and wait until its sandboxed kernel is running and the toolbar says so."""
     # ?reset: no tabs restored from an earlier test's workspace
     url = f"{lab.url}/lab/tree/{name}?reset" if app == "lab" else f"{lab.url}/notebooks/{name}"
-    page.goto(url)
-    page.locator(".awf-ToolbarItem[data-running='true']:visible").wait_for(timeout=120_000)
+    goto(page, url)
+    try:
+        page.locator(".awf-ToolbarItem[data-running='true']:visible").wait_for(timeout=120_000)
+    except Exception as exc:  # playwright's TimeoutError: say what the server saw
+        raise AssertionError(f"no running sandboxed kernel for {name} in the page ({exc}); "
+                             f"server log:\n{lab.log()}") from None
+
+
+def goto(page, url: str, attempts: int = 4) -> None:
+    """page.goto, again when Chromium aborted it because the machine's network
+    changed (Docker adds and removes interfaces as pods start and stop; Chromium
+    then aborts navigations in flight, even to loopback)."""
+    for attempt in range(attempts):
+        try:
+            page.goto(url)
+            return
+        except Exception as exc:  # playwright's Error
+            if "ERR_NETWORK_CHANGED" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
 
 
 def toolbar(page):

@@ -11,7 +11,8 @@ so an editable install needs nothing more.
 
 Nothing here reaches outside the machine: JupyterLab's news feed, update
 check and PyPI extension manager are off, and the browser (chromium.py) only
-ever talks to 127.0.0.1.
+ever talks to this server (on loopback, or on the host side of the browser's
+own namespace, browser_netns.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUILT_EXTENSION = REPO / "awf_kernel" / "labextension"
 TOKEN = "awf-lab-test-token"
 LAB_CONFIG = {
-    "ServerApp": {"open_browser": False, "allow_root": True, "ip": "127.0.0.1",
+    "ServerApp": {"open_browser": False, "allow_root": True,
                   "jpserver_extensions": {"awf_kernel.jupyterlab": True}},
     "IdentityProvider": {"token": TOKEN},
     "LabApp": {"news_url": None, "check_for_updates_class": "jupyterlab.NeverCheckForUpdate",
@@ -46,14 +47,15 @@ USER_SETTINGS = {
 }
 
 
-def free_port() -> int:
+def free_port(ip: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((ip, 0))
         return s.getsockname()[1]
 
 
 class LabServer:
-    def __init__(self, base: Path, jupyter_path: list[Path]):
+    def __init__(self, base: Path, jupyter_path: list[Path], ip: str = "127.0.0.1"):
+        self.ip = ip
         self.base = base
         self.root = base / "root"
         self.config_dir = base / "config"
@@ -61,19 +63,23 @@ class LabServer:
         self.runtime_dir = base / "runtime"
         self.extensions = base / "share" / "jupyter"
         self.jupyter_path = [self.extensions, *jupyter_path]
-        self.port = free_port()
+        self.port = free_port(ip)
         self.proc: subprocess.Popen | None = None
         self.log_path = base / "lab.log"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.ip}:{self.port}"
 
     def prepare(self) -> None:
         for d in (self.root, self.config_dir / "labconfig", self.data_dir, self.runtime_dir,
                   self.extensions / "labextensions"):
             d.mkdir(parents=True, exist_ok=True)
-        (self.config_dir / "jupyter_server_config.json").write_text(json.dumps(LAB_CONFIG))
+        config = json.loads(json.dumps(LAB_CONFIG))
+        config["ServerApp"]["ip"] = self.ip
+        # The browser's own namespace (browser_netns.py) is another address: the token still guards.
+        config["ServerApp"]["allow_remote_access"] = self.ip != "127.0.0.1"
+        (self.config_dir / "jupyter_server_config.json").write_text(json.dumps(config))
         (self.config_dir / "labconfig" / "page_config.json").write_text(
             json.dumps({"disabledExtensions": DISABLED_PLUGINS}))
         for name, settings in USER_SETTINGS.items():

@@ -120,6 +120,7 @@ def test_panel_edits_are_validated_by_the_server_and_narrowing_applies(page, lab
     assert error.first.text_content().startswith("awf.allow_domains[1]: '*' would allow everything")
     assert panel.locator(".awf-Save").is_disabled()
     shot(page, "panel")
+    shot(panel.locator(".awf-Section").last, "panel-edit")
     allow.fill("allowed.test")  # other.test and @pypi go: narrowing
     page.wait_for_function("() => !document.querySelector('.awf-Panel .awf-Save').disabled")
     panel.locator(".awf-Save").click()
