@@ -89,6 +89,17 @@ with opener.open("http://{host}/bytes/{size}", timeout=300) as r:
         n += k
 print(json.dumps([n, time.perf_counter() - t]))
 """
+# The restart with a changed policy adds this name (the test DNS answers *.allowed.test):
+# it resolves in the pod only once the new policy is in force.
+NEW_NAME = "api.allowed.test"
+RESOLVES = """
+import socket
+try:
+    socket.gethostbyname("{name}")
+    print("yes")
+except OSError:
+    print("no")
+"""
 IMPORT = "import time; t = time.perf_counter(); import ipykernel.kernelapp; print(time.perf_counter() - t)"
 
 
@@ -286,10 +297,11 @@ def download(kc, host: str, proxied: bool) -> float:
     return n / MB / seconds
 
 
-def restart(km, kc) -> dict:
+def restart(km, kc, **kw) -> dict:
+    """restart_kernel (kw: launch arguments to change, e.g. a new env), timed."""
     km.bench_phases.clear()
     t0 = time.perf_counter()
-    km.restart_kernel(now=False)
+    km.restart_kernel(now=False, **kw)
     t1 = time.perf_counter()
     kc.wait_for_ready(timeout=READY_TIMEOUT)
     t2 = time.perf_counter()
@@ -619,7 +631,9 @@ def main(argv=None) -> int:
             base_env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
             base_env["LANG"] = "C.UTF-8"
             env = {"local": base_env,
-                   "awf": {**base_env, "AWF_POLICY": json.dumps({"allow_domains": ["allowed.test"]})}}
+                   "awf": {**base_env, "AWF_POLICY": json.dumps({"allow_domains": ["allowed.test"]})},
+                   "awf changed": {**base_env, "AWF_POLICY": json.dumps({"allow_domains": ["allowed.test",
+                                                                                            NEW_NAME]})}}
             hosts = {"internal": net.ips["allowed.test"], "bridge": beyond.ips["allowed.test"] if beyond else None}
 
             def env_for(setup):
@@ -657,6 +671,13 @@ def main(argv=None) -> int:
                     rr = restart(km, kc)
                     for k, v in rr.items():
                         r[k].append(v)
+                    # Again, with the notebook's policy changed: the new policy must be in force.
+                    rr = restart(km, kc, env=env_for(setup) if setup == "local" else env["awf changed"])
+                    for k, v in rr.items():
+                        r["changed policy: " + k].append(v)
+                    if setup != "local" and run(kc, RESOLVES.format(name=NEW_NAME)).strip() != "yes":
+                        notes.append(f"{setup}: after the restart with a changed policy, {NEW_NAME} "
+                                     "did not resolve: the new policy was not in force")
                     dt, phases = shutdown(km, kc)
                     r["shutdown"].append(dt)
                     r["shutdown phases"].append(phases)
@@ -727,6 +748,9 @@ def build_report(S, result, args, pooled, settings_extra) -> Report:
         rep.add(f"restart (restart_kernel + wait_for_ready), {label} (s)", med(L["restart"]),
                 med(a["restart"]), "<= 1.2x", "ratio", 1.2)
     for label, a in (("bridge", B), ("internal", Int)):
+        rep.add(f"restart with a changed policy, {label} (s)", med(L["changed policy: restart"]),
+                med(a["changed policy: restart"]), "<= 1.2x", "ratio", 1.2)
+    for label, a in (("bridge", B), ("internal", Int)):
         rep.add(f"shutdown (shutdown_kernel), {label} (s)", med(L["shutdown"]), med(a["shutdown"]),
                 "<= 0.3 s", "max", 0.3)
     conc = result.get("concurrent") or {}
@@ -792,14 +816,17 @@ def breakdown(S, label: str) -> list[tuple[str, float | None, float | None]]:
     return rows
 
 
-def restart_breakdown(S, label: str) -> list[tuple[str, float | None, float | None]]:
-    """(step, local median, awf median) of one egress network's restart."""
+def restart_breakdown(S, label: str, prefix: str = "") -> list[tuple[str, float | None, float | None]]:
+    """(step, local median, awf median) of one egress network's restart
+    (prefix "changed policy: ": the restart with a changed policy)."""
     L, a = S["local"], S[label]
-    rows = [("restart_kernel call", med(L["restart_kernel call"]), med(a["restart_kernel call"]))]
-    rows += _phase_rows(L, a, "restart phases", STOP_PHASES + START_PHASES, "restart pod")
-    rows += [("wait_for_ready", med(L["restart wait_for_ready"]), med(a["restart wait_for_ready"])),
-             ("= restart", med(L["restart"]), med(a["restart"])),
-             ("restart to first execute reply", med(L["restart to first reply"]), med(a["restart to first reply"]))]
+    k = lambda name: prefix + name  # noqa: E731
+    rows = [("restart_kernel call", med(L[k("restart_kernel call")]), med(a[k("restart_kernel call")]))]
+    rows += _phase_rows(L, a, k("restart phases"), STOP_PHASES + START_PHASES, k("restart pod"))
+    rows += [("wait_for_ready", med(L[k("restart wait_for_ready")]), med(a[k("restart wait_for_ready")])),
+             ("= restart", med(L[k("restart")]), med(a[k("restart")])),
+             ("restart to first execute reply", med(L[k("restart to first reply")]),
+              med(a[k("restart to first reply")]))]
     return rows
 
 
@@ -809,7 +836,9 @@ def shutdown_breakdown(S, label: str) -> list[tuple[str, float | None, float | N
             *_phase_rows(L, a, "shutdown phases", STOP_PHASES, None)]
 
 
-BREAKDOWNS = (("start", breakdown), ("restart", restart_breakdown), ("shutdown", shutdown_breakdown))
+BREAKDOWNS = (("start", breakdown), ("restart", restart_breakdown),
+              ("restart with a changed policy", lambda S, x: restart_breakdown(S, x, "changed policy: ")),
+              ("shutdown", shutdown_breakdown))
 
 
 def merged_steps(lists: list[list[str]]) -> list[str]:
