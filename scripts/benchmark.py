@@ -2,12 +2,13 @@
 measured side by side in the same run on the same machine (issue 9's figures).
 
     python3 scripts/benchmark.py [--runs 5] [--pool-size N] [--skip-concurrent] [--quick]
-                                 [--json FILE | --json]
+                                 [--json [FILE]] [--markdown FILE]
 
-Every figure is printed as local | awf | ratio | goal | met?, followed by the
-breakdown of a sandboxed start. `local` is the `python3` kernel spec started
-by jupyter_client's LocalProvisioner; `awf` is the `awf-python` spec installed
-into a temporary prefix, once per egress network:
+Every figure is printed as figure | local | awf | ratio | goal | met?, then
+the breakdowns of a start, a restart and a shutdown (jupyter_client's steps and
+the pod's), the kernel's import time and the ten-at-once details. `local` is the
+`python3` kernel spec started by jupyter_client's LocalProvisioner; `awf` is the
+`awf-python` spec installed into a temporary prefix, once per egress network:
 
   bridge    the default: the proxy on Docker's `bridge`, reaching a test host
             BEYOND the Docker host (tests/integration/testnet_fixtures.py
@@ -18,7 +19,8 @@ into a temporary prefix, once per egress network:
 
 Traffic goes only to the test internets this script creates (tests/testnet:
 `allowed.test` and its address). Every kernel, pod and network it makes is
-removed at the end, also after an error, Ctrl-C or SIGTERM.
+removed at the end, also after an error, Ctrl-C or SIGTERM. docs/performance.md
+explains each figure and holds a run's results.
 """
 
 from __future__ import annotations
@@ -126,12 +128,13 @@ def _on_signal(signum, frame):
 def cleanup(client) -> list[str]:
     """Shut down every kernel still running, then remove whatever pod, pool pod
     or network still carries this process's server label, and our helpers.
-    A second Ctrl-C while it runs is ignored: it would leave things behind."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    A second Ctrl-C (or SIGTERM) while it runs is ignored: it would leave things behind."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         return _cleanup(client)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _cleanup(client) -> list[str]:
