@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
+from jupyter_core.utils import ensure_async
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from .. import audit
 from . import kernels, lists, trust
-from .live import SOURCE_CONFIRM, LivePolicy, os_path_of
+from .live import SOURCE_CONFIRM, LivePolicy, os_path_of, same_request
 
 MAX_BODY = 256 * 1024
 MAX_HOSTS = 100
@@ -60,7 +62,7 @@ class _Base(APIHandler):
             raise BadInput(f"the request body must be a JSON object, not {type(body).__name__}")
         return body
 
-    def _notebook(self, raw: Any) -> tuple[str, str]:
+    async def _notebook(self, raw: Any) -> tuple[str, str]:
         """(contents path, file on disk) of an existing notebook, or BadInput."""
         if raw is None or raw == "":
             raise BadInput("path: required: the notebook's path relative to the server's root, "
@@ -70,13 +72,16 @@ class _Base(APIHandler):
             raise BadInput(f"path: {json.dumps(raw)[:200]} is not a notebook path (relative to the server's "
                            "root, ending in .ipynb)")
         os_path = os_path_of(self.contents_manager, path)
-        if os_path is None:
-            raise BadInput(f"path: {path} is not a file this server serves", 404)
-        import os
-
-        if not os.path.isfile(os_path):
+        if os_path is None or not os.path.isfile(os_path):
             raise BadInput(f"path: no notebook {path}", 404)
+        await self._served(path)
         return path, os_path
+
+    async def _served(self, path: str) -> None:
+        """The contents API would serve it (hidden files only when the server allows them)."""
+        cm = self.contents_manager
+        if not getattr(cm, "allow_hidden", False) and await ensure_async(cm.is_hidden(path)):
+            raise BadInput(f"path: no notebook {path}", 404)
 
     async def _found(self, path: str):
         return await kernels.notebook_kernels(self.session_manager, self.kernel_manager, path)
@@ -92,7 +97,10 @@ class _Base(APIHandler):
             except Exception as exc:  # noqa: BLE001 - show the kernel, say why its policy is unknown
                 self.log.exception("awf-kernel %s: policy view failed", kernel_id)
                 v = {"error": str(exc)}
-            entries.append({"id": kernel_id, "policy": v, "last_apply": self.live.results.get(kernel_id),
+            last = self.live.results.get(kernel_id)
+            if last and not last.get("ok") and "error" not in v and same_request(v["request"], awf):
+                last = None  # the kernel holds what the file asks (fixed and restarted since)
+            entries.append({"id": kernel_id, "policy": v, "last_apply": last,
                             "denials": await asyncio.to_thread(_denials, provisioner, kernel_id)})
         first = entries[0] if entries else None
         return {"path": path, "sandboxed": bool(entries), "trusted": trusted,
@@ -143,7 +151,7 @@ class PolicyHandler(_Base):
     @authorized
     async def get(self):
         try:
-            path, os_path = self._notebook(self.get_query_argument("path", None))
+            path, os_path = await self._notebook(self.get_query_argument("path", None))
         except BadInput as exc:
             return self._fail(exc)
         if self.get_query_argument("wait", "") not in ("", "0", "false"):
@@ -164,7 +172,7 @@ class ValidateHandler(_Base):
                 raise BadInput(f"unknown field {unknown[0]!r}; send allow_domains, block_domains, mode, path")
             bounds = None
             if body.get("path"):
-                path, _ = self._notebook(body["path"])
+                path, _ = await self._notebook(body["path"])
                 found = await self._found(path)
                 bounds = kernels.bounds(found[0][1]) if found else None
         except BadInput as exc:
@@ -188,7 +196,7 @@ class CheckHandler(_Base):
     async def post(self):
         try:
             body = self._body()
-            path, os_path = self._notebook(body.get("path"))
+            path, os_path = await self._notebook(body.get("path"))
             hosts = body.get("hosts")
             if not isinstance(hosts, list) or not hosts:
                 raise BadInput("hosts: required: a non-empty list of host names")
@@ -225,7 +233,7 @@ class ConfirmHandler(_Base):
     async def post(self):
         try:
             body = self._body()
-            path, os_path = self._notebook(body.get("path"))
+            path, os_path = await self._notebook(body.get("path"))
         except BadInput as exc:
             return self._fail(exc)
         await trust.trust(self.contents_manager, path)

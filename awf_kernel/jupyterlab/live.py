@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import PolicyError
 from ..policy_source import request_from_notebook
-from . import kernels
+from . import kernels, trust
 
 SOURCE_SAVE = "saved"
 SOURCE_CONFIRM = "trusted and confirmed"
@@ -83,9 +83,10 @@ class LivePolicy:
             error = None
         except PolicyError as exc:
             request, error = None, exc
+        trusted = await trust.is_trusted(self.serverapp.contents_manager, os_path)
         outcomes = []
         for kernel_id, provisioner in found:
-            if error is None and not force and not self._changes(provisioner, request, os_path):
+            if error is None and not force and not self._changes(provisioner, request, trusted):
                 continue
             outcome: dict[str, Any] = {"kernel_id": kernel_id, "at": time.time(), "source": source}
             if error is not None:
@@ -107,22 +108,27 @@ class LivePolicy:
         return outcomes
 
     @staticmethod
-    def _changes(provisioner, request, os_path: str) -> bool:
-        """Whether the file's request differs from what the kernel holds
-        (applied or pending). Unknown: yes (applying again changes nothing)."""
+    def _changes(provisioner, request, trusted: bool | None) -> bool:
+        """Whether the saved file asks the kernel for something else than it
+        holds: another request, or the trust a pending request waited for.
+        Unknown: yes (applying again changes nothing, it is only recorded)."""
         try:
             v = kernels.view(provisioner)
         except Exception:  # noqa: BLE001 - a view we cannot read is no reason to skip applying
             return True
         if v["pending"] is not None:
-            return True  # trust may have come with this save
-        new = None if request is None else request.written()
+            return bool(trusted) or _key(v["pending"]) != _key(None if request is None else request.written())
         if (getattr(request, "mode", None) or "enforce") != v["mode"]:
             return True
-        return _key(v["request"]) != _key(new)
+        return _key(v["request"]) != _key(None if request is None else request.written())
 
     def forget(self, kernel_id: str) -> None:
         self.results.pop(kernel_id, None)
+
+
+def same_request(held: dict | None, awf) -> bool:
+    """The kernel holds what the notebook's awf entry (as on disk) asks for."""
+    return _key(held) == _key(awf if isinstance(awf, dict) else None)
 
 
 def _key(req: dict | None) -> str:

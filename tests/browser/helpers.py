@@ -36,6 +36,7 @@ def write_notebook(lab, name: str, cells: list[str], awf: dict | None = None, *,
     if awf is not None:
         nb.metadata["awf"] = awf
     path = lab.root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     if trusted:
         NotebookNotary(data_dir=str(lab.data_dir)).sign(nb)
     nbformat.write(nb, str(path))

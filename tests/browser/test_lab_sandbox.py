@@ -137,6 +137,9 @@ def test_notebook7_shows_the_state_and_allows(page, lab, testnet):
     path = write_notebook(lab, "nb7.ipynb", [FETCH, "print(fetch('allowed.test'))"], {"allow_domains": []})
     open_notebook(page, lab, "nb7.ipynb", app="notebooks")
     wait_toolbar(page, "Sandboxed: 0 domains")
+    toolbar(page).click()  # the panel opens in Notebook 7's right side bar
+    page.locator(".awf-Panel .awf-Effective-allow").wait_for()
+    assert "nothing" in page.locator(".awf-Panel .awf-Effective-allow").text_content()
     run_cell(page, 0)
     run_cell(page, 1, expect="403 ")
     allow = _row(page, "allowed.test").locator(".awf-Allow")

@@ -69,6 +69,7 @@ def lab_token() -> str:
     ("GET", "policy?path=..%2Fetc%2Fpasswd", None, None, 400, "is not a notebook path"),
     ("GET", "policy?path=missing.ipynb", None, None, 404, "no notebook missing.ipynb"),
     ("GET", "policy?path=rest.txt", None, None, 400, "is not a notebook path"),
+    ("GET", "policy?path=.hidden%2Fsecret.ipynb", None, None, 404, "no notebook .hidden/secret.ipynb"),
     ("POST", "validate", None, b"{not json", 400, "must be JSON"),
     ("POST", "validate", [1, 2], None, 400, "must be a JSON object, not list"),
     ("POST", "validate", {"allow": ["x.com"]}, None, 400, "unknown field 'allow'"),
@@ -80,6 +81,7 @@ def lab_token() -> str:
     ("POST", "confirm", {"path": 5}, None, 400, "is not a notebook path"),
 ])
 def test_bad_input_gets_a_clear_error(lab, notebook, method, endpoint, body, raw, status, says):
+    write_notebook(lab, ".hidden/secret.ipynb", ["1"], {"allow_domains": ["x.example"]})
     got, answer = lab.api(API + endpoint, method, body, raw=raw, check=False)
     assert got == status, answer
     assert says in answer["message"]
