@@ -137,3 +137,33 @@ def test_policy_check_and_validate_use_the_kernels_admin_bounds(lab, notebook, t
     over = lab.api(API + "validate", "POST", {"allow_domains": ["blocked.test"], "path": notebook})
     assert over["valid"] is False and over["bounds_checked"] is True
     assert "outside the admin's domain_ceiling" in over["errors"][0]["message"]
+
+
+def _save_awf(lab, path: str, awf: dict) -> None:
+    """Save the notebook with a new awf entry through the contents API, as
+    JupyterLab's metadata editor and Save do."""
+    model = lab.api(f"/api/contents/{path}?content=1")
+    nb = model["content"]
+    nb["metadata"]["awf"] = awf
+    for c in nb["cells"]:
+        c.setdefault("metadata", {})["trusted"] = True  # the user's own session: it stays signed
+    lab.api(f"/api/contents/{path}", "PUT", {"type": "notebook", "format": "json", "content": nb})
+
+
+def test_a_saved_policy_outside_the_ceiling_changes_nothing_and_says_why(lab, notebook, testnet):
+    kernel_id = _start(lab, notebook)
+    _save_awf(lab, notebook, {"allow_domains": ["allowed.test", "blocked.test"]})
+    state = lab.api(f"{API}policy?path={notebook}&wait=1")
+    [k] = state["kernels"]
+    assert k["last_apply"]["ok"] is False and "domain_ceiling" in k["last_apply"]["message"]
+    assert k["policy"]["effective"]["allow_domains"] == ["allowed.test"]
+    assert state["state"] == {"kind": "error", "label": "Sandboxed: 1 domain (last save not applied)"}
+
+    _save_awf(lab, notebook, {"allow_domains": ["allowed.test", "a.allowed.test"]})
+    state = lab.api(f"{API}policy?path={notebook}&wait=1")
+    [k] = state["kernels"]
+    assert k["id"] == kernel_id and k["last_apply"]["ok"] is True
+    assert k["policy"]["effective"]["allow_domains"] == ["allowed.test", "a.allowed.test"]
+    assert state["state"]["label"] == "Sandboxed: 2 domains"
+    changes = lab.data_dir / "awf-kernel" / "audit" / kernel_id / "policy-changes.jsonl"
+    assert "a.allowed.test" in changes.read_text()  # the audit trail records the change
