@@ -555,7 +555,8 @@ class Report:
 
 
 def machine() -> dict:
-    out = {"nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
+    out = {"nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+           "loadavg_at_start": round(os.getloadavg()[0], 2)}
     with contextlib.suppress(Exception):
         out["nproc"] = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip())
     with contextlib.suppress(Exception):
@@ -741,6 +742,7 @@ def main(argv=None) -> int:
             say("note: " + n)
         return 130
 
+    result["machine"]["loadavg_at_end"] = round(os.getloadavg()[0], 2)
     report = build_report(S, result, args, pooled, settings_extra)
     result["figures"] = report.json()
     result["samples"] = {s: dict(v) for s, v in S.items()}
@@ -882,6 +884,11 @@ def merged_steps(lists: list[list[str]]) -> list[str]:
     return out
 
 
+def load(m: dict) -> str:
+    """The 1-minute load average at the start and the end: how busy the machine was."""
+    return f"{m.get('loadavg_at_start', '?')} at the start, {m.get('loadavg_at_end', '?')} at the end"
+
+
 def pool_line(result: dict) -> str:
     size = result.get("pool_size")
     if size is None:
@@ -896,7 +903,7 @@ def render_text(report: Report, result: dict, args, notes: list[str]) -> str:
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"awf-kernel benchmark, {result['date']}: median of {args.runs} run(s); commit {m.get('commit', '?')}"
              f"{' (+ uncommitted changes)' if m.get('uncommitted_changes') else ''}; {m.get('nproc')} cores, "
-             f"Linux {m.get('kernel')}, Docker {m.get('docker_server', '?')}",
+             f"Linux {m.get('kernel')}, Docker {m.get('docker_server', '?')}; load average {load(m)}",
              "local = plain ipykernel (LocalProvisioner, `python3`); awf = sandboxed pod; ratio = awf/local", "",
              report.text(), ""]
     labels = [x for x in ("bridge", "internal") if S[x].get("start to first reply")]
@@ -941,7 +948,7 @@ def render_markdown(report: Report, result: dict, args, notes: list[str]) -> str
     out = [f"Run of {result['date']}, commit `{m.get('commit', '?')}`"
            f"{' (with uncommitted changes in the tree)' if m.get('uncommitted_changes') else ''}, "
            f"median of {args.runs} runs; {m.get('nproc')} cores, Linux {m.get('kernel')}, "
-           f"Docker {m.get('docker_server', '?')}.", "",
+           f"Docker {m.get('docker_server', '?')}; load average {load(m)}.", "",
            "| figure | local | awf | ratio | goal | met? |", "|---|--:|--:|--:|---|---|"]
     out += ["| " + " | ".join(c) + " |" for c in report.cells()]
     labels = [x for x in ("bridge", "internal") if S[x].get("start to first reply")]
