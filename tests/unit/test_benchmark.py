@@ -79,6 +79,7 @@ def _samples(bench) -> dict:
                 r[f"http get ms {path}"] += [0.7, 0.8]
                 r[f"https get ms {path}"] += [2.0, 2.5]
                 r[f"download MB/s {path}"] += [1000.0, 900.0]
+                r[f"https download MB/s {path}"] += [500.0, 400.0]
     return S
 
 
