@@ -33,7 +33,7 @@ from .errors import PolicyError
 from .kernel_side import awf_records
 from .kernel_side.awf_records import POLICY_FILE, safe_text
 from .kernel_side.awf_records import to_int as _int
-from .naming import valid_kernel_id
+from .naming import POOL_ID_PREFIX, valid_kernel_id
 from .policy import is_ip_literal, normalize_host, parse_domain, parse_domains
 
 
@@ -117,7 +117,9 @@ def kernels(audit_dir: str) -> list[pathlib.Path]:
     base = pathlib.Path(audit_dir)
     if not base.is_dir():
         return []
-    folders = (p for p in base.iterdir() if _is_kernel_id(p.name) and p.is_dir())
+    # (a warm pool's folders, "pool-...", and their links are not kernels')
+    folders = (p for p in base.iterdir() if _is_kernel_id(p.name) and not p.name.startswith(POOL_ID_PREFIX)
+               and not p.is_symlink() and p.is_dir())
     return sorted(folders, key=lambda p: p.stat().st_mtime)
 
 

@@ -16,6 +16,13 @@ SERVER = f"{LABEL_PREFIX}.server"
 # Pods the broker made carry their owner's uid: the broker's table of who may
 # act on which kernel is rebuilt from it after a restart (hub mode).
 OWNER_UID = f"{LABEL_PREFIX}.owner-uid"
+# A warm pool's pods are made before their kernel exists (awf_kernel.sandbox.pool):
+# their proxy and networks carry the pool pod's own id as kernel id and POOL;
+# the kernel container started in one later carries its kernel id and POD (the
+# pool pod's id). Labels cannot change after creation, so POD is the link.
+POOL = f"{LABEL_PREFIX}.pool"
+POD = f"{LABEL_PREFIX}.pod"
+POOL_ID_PREFIX = "pool-"
 
 ROLES = ("proxy", "firewall", "kernel", "ingress")
 
@@ -47,8 +54,11 @@ def valid_kernel_id(kernel_id: str) -> str:
                      f"'4bfe02e6-1c2d-4e5f-8a9b-0c1d2e3f4a5b': 1-{MAX_KERNEL_ID} letters, digits and '-')")
 
 
-def labels(kernel_id: str, role: str, server: str = "", owner_uid: int | None = None) -> dict[str, str]:
-    """Labels for one resource of one kernel's pod (`owner_uid`: the broker's pods)."""
+def labels(kernel_id: str, role: str, server: str = "", owner_uid: int | None = None,
+           pod: str | None = None) -> dict[str, str]:
+    """Labels for one resource of one kernel's pod (`owner_uid`: the broker's
+    pods; `pod`: the pool pod a kernel container runs in). A kernel id that
+    starts with `pool-` is a pool pod's own."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     out = {MANAGED: "true", KERNEL_ID: kernel_id, ROLE: role}
@@ -56,6 +66,10 @@ def labels(kernel_id: str, role: str, server: str = "", owner_uid: int | None = 
         out[SERVER] = server
     if owner_uid is not None:
         out[OWNER_UID] = owner_label(owner_uid)
+    if kernel_id.startswith(POOL_ID_PREFIX):
+        out[POOL] = "true"
+    if pod:
+        out[POD] = pod
     return out
 
 

@@ -22,6 +22,7 @@ import socket
 import string
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
@@ -39,6 +40,7 @@ from .policy import DomainRule, Policy, PolicyRequest, parse_domains, resolve_po
 from .render import pod as podspec, ports
 from .render.proxy_files import render_proxy_files
 from .sandbox import docker as sandbox
+from .sandbox.pool import POOL, ReadyPod
 
 ADDONS_DIR = pathlib.Path(__file__).parent / "kernel_side"
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
@@ -213,6 +215,14 @@ class AWFProvisioner(KernelProvisionerBase):
     tmp_size = Unicode("512m", config=True, help="""
         Size of the kernel's /tmp (tmpfs, counted against mem_limit) when
         read_only_image is on (Docker syntax, '' = no size limit).""")
+    pool_size = Int(1, config=True, help="""
+        Warm pool: how many pods this server keeps ready (proxy up, rules in
+        place, a deny-all policy, no kernel), so a kernel start only puts its
+        policy in force and starts the kernel container. The notebook's
+        policy, mounts and uid are exactly those of a cold start; a pod is
+        never reused. 0 disables the pool. Each ready pod holds about 25 MiB
+        and five loopback ports; `awf-kernel gc` collects those of a server
+        that is gone.""")
     startup_timeout = Float(60.0, config=True, help="""
         Seconds a pod may take to start: the proxy's readiness, the firewall
         step, and the time jupyter_client waits before it calls a start stable.""")
@@ -283,7 +293,7 @@ class AWFProvisioner(KernelProvisionerBase):
                                  hint=f"e.g. {name}=2g, 512m or 1048576 (bytes); '' for none")
         return value
 
-    @validate("cpu_limit", "pids_limit")
+    @validate("cpu_limit", "pids_limit", "pool_size")
     def _valid_limit(self, proposal):
         name, value = proposal["trait"].name, proposal["value"]
         if value < 0:
@@ -348,6 +358,9 @@ class AWFProvisioner(KernelProvisionerBase):
             naming.valid_kernel_id(self.kernel_id)  # joined into folders, names and labels below
         except ValueError as exc:
             raise SandboxStartError(str(exc), hint="let jupyter_client choose the kernel id") from None
+        if self.kernel_id.startswith(naming.POOL_ID_PREFIX):
+            raise SandboxStartError(f"kernel id {self.kernel_id!r} starts with {naming.POOL_ID_PREFIX!r}, which "
+                                    "names warm pool pods", hint="let jupyter_client choose the kernel id")
         if self.broker:
             return await self._pre_launch_hub(kwargs)
         launcher_env = dict(kwargs.pop("env", os.environ))  # what the launcher gave, even if empty
@@ -367,9 +380,65 @@ class AWFProvisioner(KernelProvisionerBase):
         await self._docker(sandbox.require_image, self.proxy_image, "proxy_image")
         egress = await self._docker(sandbox.egress_network, self.egress_network)
 
+        if self._kept is None and self.pool_size > 0:
+            await self._claim_from_pool(egress)
         self._connection_file(launcher_env)
         self.plan = self.make_plan(launcher_env, cwd, resolved, egress)
         return {**kwargs, "cmd": list(self.plan.cmd)}
+
+    # --- warm pool ---------------------------------------------------------------
+    def _pool_key(self, egress: sandbox.EgressNetwork) -> tuple:
+        """What a pool pod's proxy side depends on: pods are shared only between
+        kernels whose settings would have made the same proxy side."""
+        return (self.proxy_image, egress.name, egress.internal, tuple(self.dns_servers),
+                tuple(self.allow_private_destinations), os.path.realpath(self.audit_dir), self._server_label(),
+                self.startup_timeout)
+
+    def _server_label(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    async def _claim_from_pool(self, egress: sandbox.EgressNetwork) -> None:
+        """Take a ready pod (its published ports become this kernel's), and
+        top the pool up in the background. A manager whose ports are pinned
+        by its caller cannot use one."""
+        km = self._km
+        key = self._pool_key(egress)
+        pinned = any(getattr(km, name) for name in PORT_NAMES)
+        if not pinned and km.cache_ports and not self.ports_cached:
+            ready = await self._docker(POOL.take, key)
+            if ready is not None:
+                for name, port in zip(PORT_NAMES, ready.ports):
+                    setattr(km, name, port)
+                self.ports_cached = True  # returned to the cache when the kernel ends
+                self._claimed = ready
+        POOL.fill(key, self.pool_size, lambda: self._make_pool_pod(egress), _discard_pool_pod)
+
+    def _make_pool_pod(self, egress: sandbox.EgressNetwork) -> ReadyPod:
+        """One pod with its proxy side up and a deny-all policy (runs in the pool's thread)."""
+        pool_id = naming.POOL_ID_PREFIX + uuid.uuid4().hex[:20]
+        lpc = LocalPortCache.instance()
+        pod_ports = tuple(lpc.find_available_port("127.0.0.1") for _ in PORT_NAMES)
+        base = pathlib.Path(self.audit_dir)
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        audit = base / pool_id
+        audit.mkdir()
+        os.chmod(audit, 0o777)  # written by the proxy's uid 13; the parent (0700) keeps others out
+        settings = podspec.PodSettings(
+            kernel_id=pool_id, proxy_image=self.proxy_image, kernel_image=self.image, kernel_cmd=(),
+            kernel_ports=pod_ports,
+            network=egress.name if not egress.internal else podspec.ingress_network_name(pool_id),
+            uid=65534, gid=65534, connection_dir="", audit_dir=str(audit), server=self._server_label(),
+            dns_servers=tuple(self.dns_servers))
+        files, _ = render_proxy_files(Policy(), kernel_id=pool_id, notebook=None, upstreams=self.dns_servers,
+                                      allowed_private=self.allow_private_destinations)
+        rules = {"kernel_ports": pod_ports, "dns_upstreams": list(self.dns_servers),
+                 "allowed_private": list(self.allow_private_destinations)}
+        try:
+            pod = sandbox.prepare_pod(settings, egress, files, rules, self.startup_timeout)
+        except BaseException:
+            _discard_pool_pod(ReadyPod(sandbox.Pod(pool_id, "", "", None), pod_ports, str(audit)))
+            raise
+        return ReadyPod(pod, pod_ports, str(audit))
 
     def _connection_file(self, launcher_env: dict[str, str]) -> None:
         """Ports (kept across restarts) and the manager's connection file."""
@@ -523,6 +592,10 @@ class AWFProvisioner(KernelProvisionerBase):
     _watched: dict = {}                # host path -> (device, inode) of every protected path
     _protect_dir: str | None = None    # holds the empty folder/file mounted over hidden paths
     _policy_env: dict = {}             # AWF_POLICY / JPY_SESSION_NAME of the launch: where the policy is re-read
+    _claimed: ReadyPod | None = None   # the pool pod pre_launch took for this start
+    _kept: sandbox.Pod | None = None   # a restart keeps the pod's proxy side: the pod without its kernel
+    _pod_id: str | None = None         # the pool pod's id this kernel's containers run in, if any
+    _kept_generation: str = ""         # the policy generation the kept proxy answers by
     _generation: str = ""              # the policy files' generation the pod's proxy answers by
 
     def _protection(self, plan: LaunchPlan, mounts: list[podspec.Mount]) -> list[podspec.Mount]:
@@ -622,15 +695,14 @@ class AWFProvisioner(KernelProvisionerBase):
             if self.plan is None:
                 raise SandboxStartError("launch_kernel was called without pre_launch",
                                         hint="start kernels through jupyter_client's KernelManager")
-            self.pod = await self._docker(sandbox.create_pod, *self._pod_inputs(self.plan, cmd),
-                                          self.startup_timeout)
+            self.pod = await self._docker(self._start_pod, self.plan, cmd)
         except BaseException:
             # A failed start leaves nothing behind: not our folders, not the
             # manager's connection file, not the reserved ports. No step may
             # hide the error that stopped the start: each one's own failure is
             # logged and the next one still runs.
-            for step in (self._remove_connection_dir, self._remove_placeholders, self._discard_empty_audit_dir,
-                         self._km.cleanup_connection_file, self._return_ports):
+            for step in (self._remove_pod_now, self._remove_connection_dir, self._remove_placeholders,
+                         self._discard_empty_audit_dir, self._km.cleanup_connection_file, self._return_ports):
                 try:
                     step()
                 except Exception:  # noqa: BLE001 - the start's own error is what the user must see
@@ -639,8 +711,48 @@ class AWFProvisioner(KernelProvisionerBase):
             raise
         return self.connection_info
 
+    def _start_pod(self, plan: LaunchPlan, cmd: list[str]) -> sandbox.Pod:
+        """The pod for this start (in a worker thread): a kept proxy side
+        (restart) or a claimed pool pod gets the policy put in force and
+        confirmed first, then the kernel container; otherwise a cold pod."""
+        claimed, kept = self._claimed, self._kept
+        self._claimed = self._kept = None
+        if kept is not None and not sandbox.proxy_still_set_up(kept):
+            self.log.warning("awf-kernel %s: the pod's proxy did not survive the restart; making a new pod",
+                             self.kernel_id)
+            sandbox.remove_pod(self.kernel_id)
+            kept, self._pod_id = None, None
+        base = kept or (claimed.pod if claimed else None)
+        if claimed is not None:
+            self._pod_id = claimed.pod.kernel_id
+            # The trail is the kernel's from now on; the pool's name stays as a
+            # link, since the proxy's bind mount names it (a `docker restart`
+            # of the proxy must meet the same folder, and its refusal marker).
+            os.rename(claimed.audit_dir, pathlib.Path(self.audit_dir) / self.kernel_id)
+            os.symlink(self.kernel_id, claimed.audit_dir)
+        settings, egress, files, rules = self._pod_inputs(plan, cmd)
+        if base is None:
+            return sandbox.create_pod(settings, egress, files, rules, self.startup_timeout)
+        t = time.perf_counter()
+        try:
+            if kept is None or self._generation != self._kept_generation:
+                sandbox.apply_policy(base.proxy_id, files, self._generation)
+            if claimed is not None:
+                sandbox.rename_proxy(base, self.kernel_id)
+        except BaseException:
+            sandbox.remove_pod(base.kernel_id)
+            raise
+        timings = {("pool claim" if claimed else "restart: policy"): time.perf_counter() - t}
+        return sandbox.start_kernel(settings, replace(base, timings=timings))
+
+    def _remove_pod_now(self) -> None:
+        """After a failed start: the pod, whatever it came from."""
+        sandbox.remove_pod(self.kernel_id)
+        self.pod = None
+
     def _pod_inputs(self, plan: LaunchPlan, cmd: list[str]):
         """Settings, rendered files and firewall rule inputs for `create_pod`."""
+        self._kept_generation = self._generation
         uid, gid = plan.uid, plan.gid
         mounts = self._mounts(plan)
         self.connection_dir = self._connection_copy(uid, gid)
@@ -666,6 +778,7 @@ class AWFProvisioner(KernelProvisionerBase):
             dns_servers=tuple(self.dns_servers),
             read_only_image=self.read_only_image,
             tmp_size=self.tmp_size or None,
+            pod=self._pod_id,
         )
         private = list(self.allow_private_destinations)
         files, self._generation = self._proxy_files(plan)
@@ -829,12 +942,26 @@ class AWFProvisioner(KernelProvisionerBase):
             if not restart:
                 self._return_ports()
             return
-        await self._docker(sandbox.remove_pod, self.kernel_id)
-        self.pod = None
+        pod, self.pod = self.pod, None
+        if restart and pod is not None and await self._docker(sandbox.proxy_still_set_up, pod):
+            # Keep the proxy side (its rules, ports and audit trail are the
+            # kernel's, not the kernel process's): only the kernel is replaced,
+            # and the re-read policy is put in force before the new one starts.
+            await self._docker(sandbox.remove_kernel_container, pod)
+            self._kept = replace(pod, kernel_id_container="")
+        else:
+            self._kept = None
+            await self._docker(sandbox.remove_pod, self.kernel_id)
+            if restart:
+                self._pod_id = None  # the next pod is a new one (the id stays known after the end, for gc and tests)
         self._remove_connection_dir()
         self._remove_placeholders()
         if not restart:
             self._return_ports()
+            if self._pod_id:
+                link = pathlib.Path(self.audit_dir) / self._pod_id
+                if link.is_symlink():
+                    link.unlink()
 
     def _return_ports(self) -> None:
         if self.ports_cached:
@@ -875,3 +1002,11 @@ class AWFProvisioner(KernelProvisionerBase):
         if pod:
             self.pod = sandbox.Pod(self.kernel_id, pod["proxy"], pod["kernel"], pod.get("ingress"),
                                    pod.get("started"))
+
+
+def _discard_pool_pod(ready: ReadyPod) -> None:
+    """A pool pod that leaves the pool unclaimed: its ports and audit folder go too."""
+    lpc = LocalPortCache.instance()
+    for port in ready.ports:
+        lpc.return_port(port)
+    shutil.rmtree(ready.audit_dir, ignore_errors=True)

@@ -10,6 +10,9 @@ log() { echo "[awf-test] $*" >&2; }
 SAFETY_NET_CHAIN=AWF-TEST-SAFETY-NET
 SAFETY_NET_COMMENT=awf-kernel-test-safety-net
 SAFETY_NET_INPUTS=(docker0 br-+ awft+)
+POOL_PASS=(tests/integration/test_attacks.py tests/integration/test_hardening.py
+           tests/integration/test_conformance.py tests/integration/test_live_policy.py
+           tests/integration/test_lifecycle.py tests/integration/test_default_path.py)
 
 safety_net() {
   # Belt and braces while tests run: nothing from a Docker bridge (the default
@@ -68,6 +71,12 @@ main() {
   safety_net
   local rc=0
   python3 -m pytest "$@" || rc=$?
+  if [[ $# == 0 ]]; then
+    # The security and conformance suites again, every kernel from a warm
+    # pool pod (AWFProvisioner.pool_size): pooled pods must hold the same way.
+    log "second pass: the security and conformance suites with the warm pool (AWF_TEST_POOL_SIZE=1)"
+    AWF_TEST_POOL_SIZE=1 python3 -m pytest "${POOL_PASS[@]}" || rc=$?
+  fi
   log "checking for leftover sandbox resources"
   awf-kernel gc --dry-run
   left=$(docker ps -aq --filter label=io.awf-kernel.managed=true | wc -l)

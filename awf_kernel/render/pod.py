@@ -91,6 +91,7 @@ class PodSettings:
     read_only_image: bool = True      # the kernel's image layer is read-only ...
     tmp_size: str | None = "512m"     # ... and /tmp, a tmpfs of this size, is its scratch space
     owner_uid: int | None = None      # hub mode: the user the broker made this pod for (a label)
+    pod: str | None = None            # the warm pool pod this kernel runs in (its id), if any
 
 
 def _limits(s: PodSettings) -> dict:
@@ -184,7 +185,7 @@ def kernel_create_kwargs(s: PodSettings, proxy_id: str) -> dict:
     kwargs = {
         "image": s.kernel_image,
         "name": naming.resource_name(s.kernel_id, "kernel"),
-        "labels": naming.labels(s.kernel_id, "kernel", s.server, s.owner_uid),
+        "labels": naming.labels(s.kernel_id, "kernel", s.server, s.owner_uid, pod=s.pod),
         "command": list(s.kernel_cmd),
         "entrypoint": [""],  # run the kernel command itself, whatever the image's ENTRYPOINT
         "user": f"{s.uid}:{s.gid}",

@@ -9,6 +9,7 @@ is removed before the error propagates.
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import os
@@ -170,16 +171,71 @@ def create_pod(settings: podspec.PodSettings, egress: EgressNetwork, files: dict
     `rules` are the arguments of `firewall.render_ipv4_rules` that the
     provisioner knows; the addresses only the engine knows are added here."""
     try:
-        return _create_pod(settings, egress, files, rules, startup_timeout)
+        t: dict[str, float] = {}
+        proxy, ingress = _start_proxy_side(settings, egress, files, rules, startup_timeout, _Clock(t))
+        return start_kernel(settings, Pod(settings.kernel_id, proxy.id, "", ingress, timings=t))
     except BaseException:
         remove_pod(settings.kernel_id)
         raise
 
 
-def _create_pod(settings, egress, files, rules, startup_timeout) -> Pod:
+def prepare_pod(settings: podspec.PodSettings, egress: EgressNetwork, files: dict[str, bytes],
+                rules: dict, startup_timeout: float) -> Pod:
+    """The proxy side of a pod, with no kernel yet (a warm pool's pod):
+    networks, proxy and firewall, the deny-all policy in `files`."""
+    try:
+        t: dict[str, float] = {}
+        proxy, ingress = _start_proxy_side(settings, egress, files, rules, startup_timeout, _Clock(t))
+        return Pod(settings.kernel_id, proxy.id, "", ingress, started={proxy.id: _started_at(proxy.id)}, timings=t)
+    except BaseException:
+        remove_pod(settings.kernel_id)
+        raise
+
+
+def start_kernel(settings: podspec.PodSettings, pod: Pod) -> Pod:
+    """Start the kernel container in a pod whose proxy side is up (new, kept
+    across a restart, or claimed from the pool): the pod with its new kernel."""
     c = client()
-    t: dict[str, float] = {}
-    clock = _Clock(t)
+    clock = _Clock(dict(pod.timings))
+    with clock("kernel create"):
+        kernel = c.containers.create(**podspec.kernel_create_kwargs(settings, pod.proxy_id))
+    with clock("kernel start"):
+        kernel.start()
+    with clock("inspect"):
+        started = {cid: _started_at(cid) for cid in (pod.proxy_id, kernel.id)}
+    return Pod(settings.kernel_id, pod.proxy_id, kernel.id, pod.ingress_network, started=started,
+               timings=clock.into)
+
+
+def proxy_still_set_up(pod: Pod) -> bool:
+    """The pod's proxy runs and has not started again since it was set up."""
+    try:
+        state = client().api.inspect_container(pod.proxy_id)["State"]
+    except NotFound:
+        return False
+    return bool(state.get("Running")) and (pod.started or {}).get(pod.proxy_id) == state.get("StartedAt")
+
+
+def remove_kernel_container(pod: Pod) -> None:
+    """Only the kernel (a restart keeps the proxy side)."""
+    if pod.kernel_id_container:
+        try:
+            _remove_container(client().containers.get(pod.kernel_id_container))
+        except NotFound:
+            pass
+
+
+def rename_proxy(pod: Pod, kernel_id: str) -> None:
+    """A claimed pool pod's proxy takes its kernel's name (names are for
+    people; labels, which cannot change, keep the pool pod's id)."""
+    try:
+        client().api.rename(pod.proxy_id, naming.resource_name(kernel_id, "proxy"))
+    except APIError as exc:
+        log.info("awf-kernel %s: proxy keeps its pool name: %s", kernel_id, exc)
+
+
+def _start_proxy_side(settings, egress, files, rules, startup_timeout, clock) -> tuple:
+    c = client()
     ingress = None
     if egress.internal:
         with clock("ingress network"):
@@ -213,14 +269,7 @@ def _create_pod(settings, egress, files, rules, startup_timeout) -> Pod:
     }
     with clock("firewall step"):
         _run_firewall(settings, proxy, env, startup_timeout)
-
-    with clock("kernel create"):
-        kernel = c.containers.create(**podspec.kernel_create_kwargs(settings, proxy.id))
-    with clock("kernel start"):
-        kernel.start()
-    with clock("inspect"):
-        started = {cid: _started_at(cid) for cid in (proxy.id, kernel.id)}
-    return Pod(settings.kernel_id, proxy.id, kernel.id, ingress, started=started, timings=t)
+    return proxy, ingress
 
 
 class _Clock:
@@ -264,18 +313,33 @@ def _run_firewall(settings, proxy, env, timeout) -> None:
         _remove_container(fw)
 
 
+# One exec argument or variable may hold at most 128 KiB (Linux's MAX_ARG_STRLEN).
+_MAX_POLICY_FILE = 96 * 1024
+
+
 def apply_policy(proxy_id: str, files: dict[str, bytes], generation: str, timeout: float = 5.0) -> float:
     """Put new policy files in force in a running proxy (awf-reload) and
     return the seconds it took. Raises SandboxStartError when the proxy does
-    not confirm the generation; the caller then stops the pod."""
+    not confirm the generation; the caller then stops the pod.
+
+    The files travel in the exec's environment, not through the archive API:
+    that one re-mounts the container's bind mounts from their host paths,
+    and a claimed pool pod's audit folder was renamed after its kernel."""
     t = time.perf_counter()
-    proxy = client().containers.get(proxy_id)
-    proxy.put_archive("/etc/awf", _tar({f"next/{name}": data for name, data in files.items()}))
-    result = proxy.exec_run(["/usr/local/bin/awf-reload", generation, str(max(1, int(timeout)))],
-                            user=str(ports.PROXY_UID), demux=False)
-    if result.exit_code != 0:
+    env = {}
+    for name, var in (("squid.conf", "AWF_SQUID_CONF"), ("resolver.json", "AWF_RESOLVER_JSON")):
+        encoded = base64.b64encode(files[name]).decode()
+        if len(encoded) > _MAX_POLICY_FILE:
+            raise SandboxStartError(f"the rendered {name} is {len(files[name])} bytes, too large to apply to a "
+                                    "running pod", hint="allow fewer domains (a `*.domain` entry covers many)")
+        env[var] = encoded
+    result = client().api.exec_create(proxy_id, ["/usr/local/bin/awf-reload", generation, str(max(1, int(timeout)))],
+                                      user=str(ports.PROXY_UID), environment=env)
+    output = client().api.exec_start(result["Id"])
+    code = client().api.exec_inspect(result["Id"]).get("ExitCode")
+    if code != 0:
         raise SandboxStartError(f"the pod's proxy did not put policy {generation} in force",
-                                logs=(result.output or b"").decode(errors="replace"))
+                                logs=(output or b"").decode(errors="replace"))
     return time.perf_counter() - t
 
 
@@ -348,24 +412,46 @@ def _remove_container(container) -> None:
             raise
 
 
-def remove_pod(kernel_id: str) -> None:
-    """Remove every container and network labelled with this kernel id.
-    Idempotent: what is already gone is fine."""
+def pod_ids(kernel_id: str) -> set[str]:
+    """Every id this kernel's resources are labelled with: its own, and the
+    pool pod's its kernel container runs in (POD)."""
+    ids = {kernel_id}
+    for container in client().api.containers(all=True, filters=naming.kernel_filter(kernel_id)):
+        pod = (container.get("Labels") or {}).get(naming.POD)
+        if pod:
+            ids.add(pod)
+    return ids
+
+
+def pod_containers(kernel_id: str) -> list:
+    """The kernel's pod containers (docker SDK objects), pool pods included."""
     c = client()
-    for container in c.containers.list(all=True, filters=naming.kernel_filter(kernel_id)):
-        # kernel first: it holds the proxy's namespace
-        if container.labels.get(naming.ROLE) == "kernel":
+    return [container for pid in sorted(pod_ids(kernel_id))
+            for container in c.containers.list(all=True, filters=naming.kernel_filter(pid))]
+
+
+def remove_pod(kernel_id: str) -> None:
+    """Remove every container and network labelled with this kernel id (or
+    the pool pod's id its kernel ran in). Idempotent: what is already gone is fine."""
+    c = client()
+    ids = pod_ids(kernel_id)
+    for pid in sorted(ids):
+        for container in c.containers.list(all=True, filters=naming.kernel_filter(pid)):
+            # kernel first: it holds the proxy's namespace
+            if container.labels.get(naming.ROLE) == "kernel":
+                _remove_container(container)
+    for pid in sorted(ids):
+        for container in c.containers.list(all=True, filters=naming.kernel_filter(pid)):
             _remove_container(container)
-    for container in c.containers.list(all=True, filters=naming.kernel_filter(kernel_id)):
-        _remove_container(container)
-    for net in c.networks.list(filters=naming.kernel_filter(kernel_id)):
-        try:
-            net.remove()
-        except NotFound:
-            pass
-        except APIError as exc:
-            if exc.status_code not in (404, 409):
-                raise
+    for pid in sorted(ids):
+        for net in c.networks.list(filters=naming.kernel_filter(pid)):
+            try:
+                net.remove()
+            except NotFound:
+                pass
+            except APIError as exc:
+                if exc.status_code not in (404, 409):
+                    raise
 
 
 @dataclass(frozen=True)

@@ -34,18 +34,33 @@ def _pod_containers() -> list[dict]:
 
 def leftover_kernels(everything: bool = False) -> dict[str, str]:
     """kernel id -> why it counts as dead. A pod is dead when its kernel
-    container is not running, or the server that started it is gone."""
+    container is not running, or the server that started it is gone. A warm
+    pool's pod belongs to the kernel that claimed it (the kernel container's
+    POD label); an unclaimed one has no kernel yet and is dead only when its
+    server is gone."""
     pods: dict[str, dict] = {}
-    for container in _pod_containers():
+    containers = _pod_containers()
+    claimed_by = {(c.get("Labels") or {}).get(naming.POD): (c.get("Labels") or {}).get(naming.KERNEL_ID, "")
+                  for c in containers if (c.get("Labels") or {}).get(naming.POD)}
+    pool: dict[str, str] = {}  # unclaimed pool pod id -> its server label
+    for container in containers:
         labels = container.get("Labels") or {}
-        pods.setdefault(labels.get(naming.KERNEL_ID, ""), {})[labels.get(naming.ROLE)] = container
+        kid = labels.get(naming.KERNEL_ID, "")
+        kid = claimed_by.get(kid, kid)
+        pods.setdefault(kid, {})[labels.get(naming.ROLE)] = container
+        if labels.get(naming.POOL) and kid.startswith(naming.POOL_ID_PREFIX):
+            pool[kid] = labels.get(naming.SERVER, "")
     for net in client().networks.list(filters=naming.kernel_filter()):
-        pods.setdefault((net.attrs.get("Labels") or {}).get(naming.KERNEL_ID, ""), {})
+        kid = (net.attrs.get("Labels") or {}).get(naming.KERNEL_ID, "")
+        pods.setdefault(claimed_by.get(kid, kid), {})
     dead = {}
     for kid, members in pods.items():
         kernel = members.get("kernel")
         if everything:
             dead[kid] = "--all"
+        elif kid in pool:
+            if not _server_alive(pool[kid]):
+                dead[kid] = "an unclaimed pool pod whose Jupyter server is gone"
         elif kernel is None:
             dead[kid] = "no kernel container"
         elif kernel.get("State") != "running":

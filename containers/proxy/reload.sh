@@ -2,7 +2,8 @@
 # [awf-reload] Puts a new policy in force in a running proxy, without a
 # restart: a pool pod claimed by a kernel, or a notebook's policy changed
 # while its kernel runs. Run by the provisioner (`docker exec`, as `proxy`)
-# after it copied the rendered files into /etc/awf/next.
+# with the rendered files base64-encoded in AWF_SQUID_CONF and
+# AWF_RESOLVER_JSON.
 #
 #   awf-reload GENERATION [SECONDS]
 #
@@ -17,15 +18,21 @@ CONF_DIR=/etc/awf
 NEXT=$CONF_DIR/next
 GEN=${1:?generation}
 WAIT=${2:-5}
-SQUID_PORTS=(3128 3129 3130)
+SQUID_PORTS=(0C38 0C39 0C3A)  # 3128 3129 3130, as /proc/net/tcp writes them
 log() { echo "[awf-reload] $*" >&2; }
 
-listener() {
-  # The inode and owner uid of the socket listening on 127.0.0.1:$1, from
-  # /proc/net/tcp (no tools needed, nothing the kernel can fake from its uid).
-  local hex
-  hex=$(printf '0100007F:%04X' "$1")
-  awk -v a="$hex" '$2 == a && $4 == "0A" {print $10 ":" $8}' /proc/net/tcp
+listeners() {
+  # "port inode uid" of every socket listening on 127.0.0.1 at Squid's ports,
+  # from /proc/net/tcp in one read (no tools needed, nothing the kernel can
+  # fake from its uid).
+  awk 'NR > 1 && $4 == "0A" && $2 ~ /^0100007F:0C3[89A]$/ {
+         split($2, a, ":"); print a[2], $10, $8 }' /proc/net/tcp | sort
+}
+
+receive_files() {
+  mkdir -p "$NEXT"
+  printf '%s' "${AWF_SQUID_CONF:?}" | base64 -d >"$NEXT/squid.conf"
+  printf '%s' "${AWF_RESOLVER_JSON:?}" | base64 -d >"$NEXT/resolver.json"
 }
 
 check_files() {
@@ -36,27 +43,28 @@ check_files() {
 }
 
 main() {
+  receive_files
   check_files
-  local before=() port
-  for port in "${SQUID_PORTS[@]}"; do before+=("$(listener "$port")"); done
+  local before me now deadline=$((SECONDS + WAIT))
+  me=$(id -u)
+  before=$(listeners)
   mv -f "$NEXT/squid.conf" "$CONF_DIR/squid.conf"
   mv -f "$NEXT/resolver.json" "$CONF_DIR/resolver.json"
   kill -HUP "$(cat /run/awf/resolver.pid)"
   squid -k reconfigure -f "$CONF_DIR/squid.conf"
-  local deadline=$((SECONDS + WAIT)) i now ok
   while :; do
-    ok=1
-    [[ "$(cat /run/awf/resolver.generation 2>/dev/null)" == "$GEN" ]] || ok=0
-    i=0
-    for port in "${SQUID_PORTS[@]}"; do
-      now=$(listener "$port")
-      # a new socket (reconfigure reopened it), exactly one, and Squid's (uid 13)
-      [[ -n "$now" && "$now" != "${before[$i]}" && "$now" != *$'\n'* && "${now#*:}" == "$(id -u)" ]] || ok=0
-      i=$((i + 1))
-    done
-    (( ok )) && { log "policy $GEN in force"; exit 0; }
-    (( SECONDS < deadline )) || { log "policy $GEN not confirmed within ${WAIT}s"; exit 70; }
-    sleep 0.02
+    now=$(listeners)
+    # each of the three ports: exactly one listener, a new socket (reconfigure
+    # reopened it), owned by the proxy's uid; and the resolver's generation.
+    if [[ "$(cat /run/awf/resolver.generation 2>/dev/null)" == "$GEN" ]] \
+       && [[ "$(awk -v me="$me" '$3 == me {print $1}' <<<"$now" | tr '\n' ' ')" == "${SQUID_PORTS[*]} " ]] \
+       && [[ "$(awk '{print $1}' <<<"$now" | wc -l)" == 3 ]] \
+       && [[ -z "$(comm -12 <(awk '{print $2}' <<<"$before" | sort) <(awk '{print $2}' <<<"$now" | sort))" ]]; then
+      log "policy $GEN in force"
+      exit 0
+    fi
+    (( SECONDS < deadline )) || { log "policy $GEN not confirmed within ${WAIT}s: $(tr '\n' ';' <<<"$now")"; exit 70; }
+    sleep 0.01
   done
 }
 

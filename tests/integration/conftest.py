@@ -4,6 +4,7 @@ kernel specs pointing at it, and running sandboxed kernels."""
 from __future__ import annotations
 
 import json
+import os
 import queue
 import textwrap
 import uuid
@@ -15,11 +16,29 @@ from jupyter_client.manager import KernelManager
 
 from awf_kernel import kernelspec, naming
 from awf_kernel.images import IMAGES, build
+from awf_kernel.sandbox.pool import POOL
 from tests.conftest import require_docker
 from tests.integration.testnet_fixtures import (  # noqa: F401
     beyond_host, beyond_listener, host_listener, metadata_guard, testnet)
 
 ALLOW = ["allowed.test", "*.allowed.test", "other.test"]
+# The warm pool (AWFProvisioner.pool_size) for every kernel of the suite: 0 by
+# default; scripts/test.sh runs the security and conformance suites a second
+# time with AWF_TEST_POOL_SIZE=1, so they judge pooled pods too.
+POOL_SIZE = int(os.environ.get("AWF_TEST_POOL_SIZE", "0"))
+
+
+def pod_ids(km) -> set[str]:
+    """The ids a kernel's resources are labelled with: its own and, when it
+    runs in a warm pool pod, that pod's (known to its provisioner)."""
+    return {km.kernel_id} | ({km.provisioner._pod_id} if getattr(km.provisioner, "_pod_id", None) else set())
+
+
+def pod_resources(docker_client, km) -> tuple[list, list]:
+    """(containers, networks) of a kernel's pod, pool pods included."""
+    ids = pod_ids(km)
+    return ([c for i in sorted(ids) for c in docker_client.containers.list(all=True, filters=naming.kernel_filter(i))],
+            [n for i in sorted(ids) for n in docker_client.networks.list(filters=naming.kernel_filter(i))])
 
 
 def pytest_collection_modifyitems(config, items):
@@ -54,8 +73,11 @@ def spec_dir(tmp_path_factory, testnet, awf_images):
         # are opted in one by one, as an admin opts in an intranet site. The
         # canary, the DNS server and the Docker host stay out of reach.
         "allow_private_destinations": web_host_ranges(testnet),
+        "pool_size": POOL_SIZE,
     })
-    return prefix / "share" / "jupyter" / "kernels"
+    yield prefix / "share" / "jupyter" / "kernels"
+    POOL.close()  # the pool's pods sit on the test internet: gone before it is
+    POOL.reopen()
 
 
 def web_host_ranges(net) -> list[str]:
@@ -69,7 +91,13 @@ def no_leftovers(docker_client):
     before = {c.id for c in docker_client.containers.list(all=True, filters=naming.kernel_filter())}
     yield
     after = {c.id for c in docker_client.containers.list(all=True, filters=naming.kernel_filter())}
-    assert after - before == set(), "a test left sandbox containers behind"
+    assert after - before - _ready_pool_containers() == set(), "a test left sandbox containers behind"
+
+
+def _ready_pool_containers() -> set[str]:
+    """Containers of the pool's ready (never claimed) pods: the pool's, not a test's."""
+    with POOL._lock:
+        return {r.pod.proxy_id for pods in POOL._ready.values() for r in pods}
 
 
 class Kernel:

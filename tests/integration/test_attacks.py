@@ -440,8 +440,9 @@ def test_second_kernels_pod_unreachable(start_kernel, testnet, docker_client):
 
     a = start_kernel(policy={"allow_domains": ALLOW})
     b = start_kernel(policy={"allow_domains": ALLOW})
-    proxy_b = docker_client.containers.list(filters={"label": [f"{naming.KERNEL_ID}={b.kernel_id}",
-                                                               f"{naming.ROLE}=proxy"]})[0]
+    from awf_kernel.sandbox.docker import pod_containers
+
+    proxy_b = [c for c in pod_containers(b.kernel_id) if c.labels[naming.ROLE] == "proxy"][0]  # pool pods too
     ips_b = [n["IPAddress"] for n in proxy_b.attrs["NetworkSettings"]["Networks"].values() if n["IPAddress"]]
     # (port 53 is not on the list: DNS to any address is answered by A's own
     # resolver, see test_dns_to_other_servers_is_answered_by_the_pod)
@@ -485,8 +486,9 @@ def test_kernel_cannot_read_the_proxy_or_other_kernels(start_kernel, docker_clie
 def test_proxy_runs_unprivileged(kernel, docker_client):
     from awf_kernel import naming
 
-    proxy = docker_client.containers.list(filters={"label": [f"{naming.KERNEL_ID}={kernel.kernel_id}",
-                                                             f"{naming.ROLE}=proxy"]})[0]
+    from awf_kernel.sandbox.docker import pod_containers
+
+    proxy = [c for c in pod_containers(kernel.kernel_id) if c.labels[naming.ROLE] == "proxy"][0]  # pool pods too
     hc = proxy.attrs["HostConfig"]
     assert hc["CapDrop"] == ["ALL"] and not hc.get("CapAdd") and "no-new-privileges" in hc["SecurityOpt"]
     top = proxy.top(ps_args="-o pid,user,args")

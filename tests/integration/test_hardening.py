@@ -17,13 +17,14 @@ import docker
 import pytest
 
 from awf_kernel import naming
+from awf_kernel.sandbox import docker as sandbox
 from tests.integration.conftest import ALLOW
 from tests.integration.test_attacks import TCP
 
 
 def _pod(docker_client, kernel_id, role):
-    return docker_client.containers.list(all=True, filters={"label": [f"{naming.KERNEL_ID}={kernel_id}",
-                                                                      f"{naming.ROLE}={role}"]})[0]
+    """The kernel's pod container of that role (a warm pool pod's too)."""
+    return [c for c in sandbox.pod_containers(kernel_id) if c.labels[naming.ROLE] == role][0]
 
 
 def _wait_stopped(container, timeout: float = 20) -> None:

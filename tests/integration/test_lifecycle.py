@@ -12,11 +12,13 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
 from awf_kernel import naming
-from tests.integration.conftest import ALLOW
+from awf_kernel.sandbox import docker as sandbox
+from tests.integration.conftest import ALLOW, pod_resources
 
 
 def _pod(docker_client, kernel_id):
-    return docker_client.containers.list(all=True, filters=naming.kernel_filter(kernel_id))
+    """The kernel's pod containers while it runs (a warm pool pod's too)."""
+    return sandbox.pod_containers(kernel_id)
 
 
 def test_start_execute_shutdown_leaves_nothing(start_kernel, docker_client, tmp_path):
@@ -37,8 +39,7 @@ def test_start_execute_shutdown_leaves_nothing(start_kernel, docker_client, tmp_
     conn_dir = k.km.provisioner.connection_dir
     assert conn_dir and os.path.isdir(conn_dir)
     k.shutdown()
-    assert _pod(docker_client, kid) == []
-    assert docker_client.networks.list(filters=naming.kernel_filter(kid)) == []
+    assert pod_resources(docker_client, k.km) == ([], [])
     assert not os.path.exists(conn_dir)
 
 
@@ -78,14 +79,16 @@ def test_interrupt_a_running_sleep(kernel):
 def test_restart_keeps_ports_and_rereads_policy(start_kernel, docker_client, testnet, monkeypatch):
     k = start_kernel(policy={"allow_domains": ALLOW})
     before = k.km.get_connection_info()
-    old_ids = {c.id for c in _pod(docker_client, k.kernel_id)}
+    old = {c.labels[naming.ROLE]: c.id for c in _pod(docker_client, k.kernel_id)}
     k.km.restart_kernel(now=False)
     k.kc.wait_for_ready(timeout=120)
     after = k.km.get_connection_info()
     for p in ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port"):
         assert before[p] == after[p]
-    new_ids = {c.id for c in _pod(docker_client, k.kernel_id)}
-    assert new_ids and not (old_ids & new_ids)  # a fresh pod
+    new = {c.labels[naming.ROLE]: c.id for c in _pod(docker_client, k.kernel_id)}
+    # a new kernel container in the same proxy side (its rules, ports and audit trail are the kernel's)
+    assert new["kernel"] != old["kernel"] and new["proxy"] == old["proxy"], (old, new)
+    assert set(new) == {"proxy", "kernel"}
     res = k.probe("""
         import json, requests
         s = requests.Session(); s.trust_env = False
@@ -160,7 +163,7 @@ def test_default_bridge_egress_path(start_kernel, docker_client, testnet):
     pod = _pod(docker_client, k.kernel_id)
     proxy = [c for c in pod if c.labels[naming.ROLE] == "proxy"][0]
     assert list(proxy.attrs["NetworkSettings"]["Networks"]) == ["bridge"]
-    assert docker_client.networks.list(filters=naming.kernel_filter(k.kernel_id)) == []
+    assert pod_resources(docker_client, k.km)[1] == []  # no ingress network on bridge
     gateway = proxy.attrs["NetworkSettings"]["Networks"]["bridge"]["Gateway"]
     res = k.probe(f"""
         import json, socket, requests
