@@ -117,7 +117,9 @@ def state_label(entry: dict | None) -> dict:
     v = entry["policy"]
     if "error" in v:
         return {"kind": "error", "label": "Sandboxed: policy unknown"}
-    if v.get("pending") is not None:
+    if v.get("hub"):
+        kind, label = "hub", "Sandboxed: hub mode"
+    elif v.get("pending") is not None:
         kind, label = "pending", "Sandboxed: waiting for trust"
     elif v.get("mode") == "record":
         kind, label = "record", "Sandboxed: record mode"

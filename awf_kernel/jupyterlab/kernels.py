@@ -65,6 +65,9 @@ def view(provisioner: AWFProvisioner) -> dict:
     Lists are canonical rule strings; the request's as written (presets
     unexpanded) plus their expansion."""
     raw = _raw_view(provisioner)
+    hub = bool(raw.get("hub_mode", getattr(provisioner, "broker", "")))
+    if hub:  # the settings on this side are ignored: the broker's config decides
+        raw = {**raw, "admin": {}, "ceiling": None, "effective": {}}
     admin = raw.get("admin") or {}
     ceiling = admin.get("domain_ceiling", raw.get("ceiling"))
     effective = raw.get("effective") or raw.get("policy") or {}
@@ -82,7 +85,7 @@ def view(provisioner: AWFProvisioner) -> dict:
         "request": _request(raw.get("request")),
         "pending": _request(raw.get("pending") or raw.get("pending_request")),
         "require_trust": bool(raw.get("require_trust", getattr(provisioner, "require_trust", False))),
-        "hub": bool(raw.get("hub_mode", getattr(provisioner, "broker", ""))),
+        "hub": hub,
     }
 
 
@@ -119,9 +122,9 @@ def _request(raw: Any) -> dict | None:
 
 def bounds(provisioner: AWFProvisioner) -> Bounds | None:
     """The kernel's admin bounds, or None when this server does not know them
-    (hub mode: the broker's config decides)."""
+    (hub mode: the broker's config decides, and checks them at the next start)."""
     v = view(provisioner)
-    if v["hub"] and not callable(getattr(provisioner, "policy_view", None)):
+    if v["hub"]:
         return None
     admin = v["admin"]
     try:

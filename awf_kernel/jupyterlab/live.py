@@ -20,7 +20,7 @@ import os
 import time
 from typing import Any
 
-from ..errors import PolicyError
+from ..errors import AWFError, PolicyError
 from ..policy_source import request_from_notebook
 from . import kernels, trust
 
@@ -96,7 +96,7 @@ class LivePolicy:
                 try:
                     await kernels.reload(provisioner, request, source=f"notebook {os_path} {source} in JupyterLab")
                     outcome.update(ok=True, seconds=round(time.monotonic() - started, 3))
-                except PolicyError as exc:
+                except AWFError as exc:  # outside the ceiling, hub mode, no pod: nothing changed
                     outcome.update(ok=False, message=exc.message, hint=exc.hint)
                 except Exception as exc:  # noqa: BLE001 - the browser must see it; the kernel keeps running
                     self.log.exception("awf-kernel %s: applying the policy of %s failed", kernel_id, path)

@@ -113,7 +113,9 @@ export class SandboxPanel extends Widget {
       );
     }
     sections.push(
-      section(
+      v.hub
+        ? section('Effective policy', h('p', {}, 'Decided by the broker at the kernel’s start (hub mode).'))
+        : section(
         'Effective policy',
         v.mode === 'record'
           ? h('p', {}, v.allow_all ? 'Record mode: everything not blocked is let through and logged.' : 'Record mode: everything within the ceiling is let through and logged.')
@@ -121,14 +123,15 @@ export class SandboxPanel extends Widget {
         labelled('Allowed', v.effective.allow_domains, 'nothing: every request is denied', 'awf-Effective-allow'),
         labelled('Blocked', v.effective.block_domains, 'nothing', 'awf-Effective-block')
       ),
-      section(
+      v.hub
+        ? section('Admin bounds', h('p', {}, 'Hub mode: the broker’s configuration sets them, and the broker applies the notebook’s lists at the kernel’s next restart.'))
+        : section(
         'Admin bounds',
         labelled('Always allowed', v.admin.allow_domains, 'nothing'),
         labelled('Always blocked', v.admin.block_domains, 'nothing'),
         v.admin.domain_ceiling === null
           ? h('div', { class: 'awf-Labelled' }, h('b', {}, 'Ceiling: '), 'none (the notebook may ask for any domain)')
-          : labelled('Ceiling (the most a notebook may ask for)', v.admin.domain_ceiling, 'empty: notebooks may ask for nothing', 'awf-Ceiling'),
-        v.hub ? h('p', { class: 'awf-Hint' }, 'Hub mode: the broker’s configuration sets these bounds.') : null
+          : labelled('Ceiling (the most a notebook may ask for)', v.admin.domain_ceiling, 'empty: notebooks may ask for nothing', 'awf-Ceiling')
       ),
       section(
         'The notebook asks for',

@@ -90,5 +90,6 @@ def test_state_label():
     assert state_label(_entry(effective={"allow_domains": ["a.example"]}))["label"] == "Sandboxed: 1 domain"
     assert state_label(_entry(mode="record"))["label"] == "Sandboxed: record mode"
     assert state_label(_entry(pending={"allow_domains": []}))["label"] == "Sandboxed: waiting for trust"
+    assert state_label(_entry(hub=True))["label"] == "Sandboxed: hub mode"
     failed = {**_entry(), "last_apply": {"ok": False, "message": "x"}}
     assert state_label(failed) == {"kind": "error", "label": "Sandboxed: 2 domains (last save not applied)"}
