@@ -10,6 +10,7 @@ the post-save hook never depend on the provisioner's internals.
 from __future__ import annotations
 
 import inspect
+import os
 import posixpath
 from typing import Any
 
@@ -86,6 +87,7 @@ def view(provisioner: AWFProvisioner) -> dict:
         "pending": _request(raw.get("pending") or raw.get("pending_request")),
         "require_trust": bool(raw.get("require_trust", getattr(provisioner, "require_trust", False))),
         "hub": hub,
+        "notebook": raw.get("notebook"),  # the file the kernel's launch read its request from
     }
 
 
@@ -134,14 +136,23 @@ def bounds(provisioner: AWFProvisioner) -> Bounds | None:
         return None
 
 
-async def reload(provisioner: AWFProvisioner, request: PolicyRequest | None, source: str) -> None:
+async def reload(provisioner: AWFProvisioner, request: PolicyRequest | None, source: str, *,
+                 os_path: str | None = None, trusted: bool | None = None) -> None:
     """Put the notebook's saved policy in force in the running pod. The
     provisioner re-reads it where the launch did (the notebook file with its
-    trust, or the launcher's AWF_POLICY, which wins); `request` is the file's,
-    for a provisioner that can only take a request. Raises PolicyError
-    (then nothing changed)."""
+    trust, or the launcher's AWF_POLICY, which wins). A notebook renamed
+    since its kernel started is no longer where the launch read it: then
+    `request` (read from `os_path`, the file saved) is handed over, if the
+    file is trusted. Raises an AWFError (then nothing changed)."""
     reload_policy = getattr(provisioner, "reload_policy", None)
-    if reload_policy is not None:
+    started_from = view(provisioner).get("notebook")
+    moved = bool(started_from and os_path and os.path.realpath(started_from) != os.path.realpath(os_path))
+    if moved and getattr(provisioner, "update_policy", None) is not None:
+        if getattr(provisioner, "require_trust", False) and not trusted:
+            raise PolicyError("this notebook was renamed or moved since its kernel started, and it is not trusted",
+                              hint="trust it (the sandbox panel's Confirm), or restart the kernel")
+        result = provisioner.update_policy(request, source=source)
+    elif reload_policy is not None:
         result = reload_policy(source=source)
     elif getattr(provisioner, "update_policy", None) is not None:
         result = provisioner.update_policy(request, source=source)

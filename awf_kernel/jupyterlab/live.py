@@ -94,7 +94,8 @@ class LivePolicy:
             else:
                 started = time.monotonic()
                 try:
-                    await kernels.reload(provisioner, request, source=f"notebook {os_path} {source} in JupyterLab")
+                    await kernels.reload(provisioner, request, source=f"notebook {os_path} {source} in JupyterLab",
+                                         os_path=os_path, trusted=trusted)
                     outcome.update(ok=True, seconds=round(time.monotonic() - started, 3))
                 except AWFError as exc:  # outside the ceiling, hub mode, no pod: nothing changed
                     outcome.update(ok=False, message=exc.message, hint=exc.hint)

@@ -167,3 +167,15 @@ def test_a_saved_policy_outside_the_ceiling_changes_nothing_and_says_why(lab, no
     assert state["state"]["label"] == "Sandboxed: 2 domains"
     changes = lab.data_dir / "awf-kernel" / "audit" / kernel_id / "policy-changes.jsonl"
     assert "a.allowed.test" in changes.read_text()  # the audit trail records the change
+
+
+def test_a_renamed_notebooks_saves_still_reach_its_kernel(lab, notebook, testnet):
+    kernel_id = _start(lab, notebook)
+    [session] = [s for s in lab.api("/api/sessions") if s["path"] == notebook]
+    lab.api(f"/api/contents/{notebook}", "PATCH", {"path": "renamed.ipynb"})  # what JupyterLab's rename does
+    lab.api(f"/api/sessions/{session['id']}", "PATCH", {"path": "renamed.ipynb", "name": "renamed.ipynb"})
+    _save_awf(lab, "renamed.ipynb", {"allow_domains": ["allowed.test", "a.allowed.test"]})
+    state = lab.api(f"{API}policy?path=renamed.ipynb&wait=1")
+    [k] = state["kernels"]
+    assert k["id"] == kernel_id and k["last_apply"]["ok"] is True, k["last_apply"]
+    assert k["policy"]["effective"]["allow_domains"] == ["allowed.test", "a.allowed.test"]
