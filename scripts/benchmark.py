@@ -517,7 +517,10 @@ class Report:
     def add(self, figure: str, local, awf, goal: str = "", kind: str = "ratio", limit: float | None = None,
             fmt: str = "{:.3f}", ratio: str = "x") -> None:
         """kind: ratio (awf/local <= limit), max (awf <= limit), delta (awf - local <= limit),
-        min_pct (awf/local >= limit), count (awf == limit), info (no goal)."""
+        min_pct (awf/local >= limit), count (awf == limit), info (no goal). A figure with
+        neither value (not measured in this run) is left out."""
+        if local is None and awf is None:
+            return
         r = None
         if isinstance(local, (int, float)) and isinstance(awf, (int, float)) and local:
             r = awf / local
@@ -595,6 +598,8 @@ def parse_args(argv=None):
                          "and the table goes to stderr)")
     ap.add_argument("--markdown", metavar="FILE",
                     help="also write the tables as Markdown to FILE (what docs/performance.md shows)")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="measure nothing: print (and --markdown) the report of an earlier run's --json FILE")
     args = ap.parse_args(argv)
     if args.runs is None:
         args.runs = 2 if args.quick else 5
@@ -603,8 +608,23 @@ def parse_args(argv=None):
     return args
 
 
+def report_from_json(path: str, markdown: str | None) -> int:
+    """The text (and Markdown) report of a saved run, rebuilt from its raw samples."""
+    result = json.loads(pathlib.Path(path).read_text())
+    S = {s: defaultdict(list, result["samples"].get(s, {})) for s in SETUPS}
+    args = argparse.Namespace(**result["args"])
+    report = build_report(S, result, args, bool(result.get("pool_size")), {})
+    result["samples"] = S
+    print(render_text(report, result, args, result.get("notes", [])))
+    if markdown:
+        pathlib.Path(markdown).write_text(render_markdown(report, result, args, result.get("notes", [])))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        return report_from_json(args.from_json, args.markdown)
     out = sys.stderr if args.json == "-" else sys.stdout
 
     def say(*a):

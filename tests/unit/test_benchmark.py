@@ -40,7 +40,8 @@ def test_missing_figures_have_no_verdict_and_print(bench):
     rep = bench.Report()
     rep.add("no awf figure", 1.0, None, "<= 1.2x", "ratio", 1.2)
     rep.add("no local figure", None, 20.0, "<= 25 MiB", "max", 25, fmt="{:.1f}")
-    assert rep.rows[0]["met"] is None and rep.rows[1]["met"] is True
+    rep.add("not measured", None, None, "<= 1.2x", "ratio", 1.2)
+    assert rep.rows[0]["met"] is None and rep.rows[1]["met"] is True and len(rep.rows) == 2
     text = rep.text()
     assert "no awf figure" in text and "20.0" in text
     assert json.dumps(rep.json())
@@ -108,6 +109,10 @@ def test_a_whole_report_renders_as_text_json_and_markdown(bench, tmp_path):
                      "note: a note"):
         assert expected in text, expected
     md = bench.render_markdown(report, result, args, [])
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(result, default=str))
+    assert bench.main(["--from-json", str(path), "--markdown", str(tmp_path / "run.md")]) == 0
+    assert (tmp_path / "run.md").read_text() == md
     assert "| figure | local | awf | ratio | goal | met? |" in md
     assert "| &nbsp;&nbsp;&nbsp;&nbsp;pod: firewall step | - | 0.200 | 0.200 |" in md
     assert json.dumps(result, default=str)
