@@ -50,7 +50,9 @@ def start_request(*, kernel_id: str, connection_info: dict[str, Any], launcher_e
     An untrusted notebook's request is not sent (awf_kernel.trust): consent
     is the user's, checked on the user's side with the user's own notary."""
     request, source_file = policy_source.load_request_from(launcher_env, root_dir=root_dir, log=log)
-    if request is not None and source_file and require_trust and not trust.is_trusted(source_file, trust_parent):
+    consented = launcher_env.get(policy_source.CONSENT_ENV) == "1"
+    if (request is not None and source_file and require_trust and not consented
+            and not trust.is_trusted(source_file, trust_parent)):
         log.warning("awf-kernel %s: the notebook is not trusted; its request %s is not applied (trust the "
                     "notebook, then restart the kernel)", kernel_id, request.written())
         request = None

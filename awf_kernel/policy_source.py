@@ -17,6 +17,9 @@ from .policy import PolicyRequest, parse_request, parse_request_json
 
 POLICY_ENV = "AWF_POLICY"
 SESSION_ENV = "JPY_SESSION_NAME"
+# "1": the launcher runs the notebook named by SESSION_ENV on purpose (nbval's
+# plugin), which is consent to its metadata.awf like AWF_POLICY is.
+CONSENT_ENV = "AWF_NOTEBOOK_CONSENT"
 MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024
 
 

@@ -256,7 +256,11 @@ def server_paths() -> ServerPaths:
     def folders(paths):
         return tuple(dict.fromkeys(posixpath.normpath(p) + "/" for p in paths
                                    if p and os.path.isabs(p) and posixpath.normpath(p) != "/"))
-    return ServerPaths(deny_write=folders(write), deny_read=folders([runtime]), if_present=folders(present))
+    # The notary's secret and signature database: notebook trust is the user's
+    # consent to a notebook's egress (awf_kernel.trust), never the kernel's.
+    data = jp.jupyter_data_dir()
+    notary = tuple(posixpath.normpath(os.path.join(data, name)) for name in ("notebook_secret", "nbsignatures.db"))
+    return ServerPaths(deny_write=folders(write), deny_read=folders([runtime]) + notary, if_present=folders(present))
 
 
 # --- planning ------------------------------------------------------------------------

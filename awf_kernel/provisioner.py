@@ -198,10 +198,11 @@ class AWFProvisioner(KernelProvisionerBase):
         applies only when the user trusts the notebook (Jupyter's notebook
         trust: JupyterLab's "Trust Notebook", `jupyter trust`, or a notebook
         the user saved themselves). Until then its kernel gets the admin policy
-        alone and the request waits for the user's confirmation. A policy the
-        launcher passes (AWF_POLICY: nbval's plugin, papermill's engine,
-        nbclient) is explicit consent. False: every notebook's request applies
-        as soon as it runs.""")
+        alone and the request waits for the user's confirmation. A launcher
+        that runs a notebook on purpose is explicit consent: a policy it passes
+        (AWF_POLICY: papermill's engine, nbclient, `awf-kernel record`), or
+        AWF_NOTEBOOK_CONSENT=1 beside the notebook's name (nbval's plugin).
+        False: every notebook's request applies as soon as it runs.""")
     allow_record_mode = Bool(True, config=True, help="""
         Whether a notebook may ask for record mode (`"awf": {"mode": "record"}`),
         which lets through everything the admin bounds permit and logs it.
@@ -368,8 +369,8 @@ class AWFProvisioner(KernelProvisionerBase):
         kwargs.pop("extra_arguments", None)
         cwd = kwargs.pop("cwd", None)
 
-        self._policy_env = {k: launcher_env[k] for k in (policy_source.POLICY_ENV, policy_source.SESSION_ENV)
-                            if launcher_env.get(k)}
+        self._policy_env = {k: launcher_env[k] for k in (policy_source.POLICY_ENV, policy_source.SESSION_ENV,
+                                                          policy_source.CONSENT_ENV) if launcher_env.get(k)}
         resolved = self.resolve_policy(launcher_env)
         if resolved.pending is not None:
             self.log.warning("awf-kernel %s: the notebook is not trusted; its request %s waits for the user's "
@@ -517,7 +518,9 @@ class AWFProvisioner(KernelProvisionerBase):
         admin bounds and notebook request it was made from."""
         request, notebook = policy_source.load_request_from(launcher_env, root_dir=self._root_dir(), log=self.log)
         pending = None
-        if request is not None and notebook and self.require_trust and not trust.is_trusted(notebook, self.parent):
+        consented = launcher_env.get(policy_source.CONSENT_ENV) == "1"
+        if (request is not None and notebook and self.require_trust and not consented
+                and not trust.is_trusted(notebook, self.parent)):
             request, pending = None, request
         resolved = self.resolve_request(request)
         return resolved._replace(pending=pending)
@@ -949,11 +952,19 @@ class AWFProvisioner(KernelProvisionerBase):
             # and the re-read policy is put in force before the new one starts.
             await self._docker(sandbox.remove_kernel_container, pod)
             self._kept = replace(pod, kernel_id_container="")
-        else:
+        elif restart:
             self._kept = None
             await self._docker(sandbox.remove_pod, self.kernel_id)
-            if restart:
-                self._pod_id = None  # the next pod is a new one (the id stays known after the end, for gc and tests)
+            self._pod_id = None  # the next pod is a new one
+        else:
+            # The kernel has ended (jupyter_client waited for it, or killed it);
+            # make sure of it, then let the pod go in the background.
+            self._kept = None
+            if pod is not None:
+                await self._docker(sandbox.signal_container, pod.kernel_id_container, signal.SIGKILL)
+            ports = self._kernel_ports() if self.ports_cached else ()
+            self.ports_cached = False
+            sandbox.remove_pod_later(self.kernel_id, then=lambda: _return_ports(ports))
         self._remove_connection_dir()
         self._remove_placeholders()
         if not restart:
@@ -1006,7 +1017,11 @@ class AWFProvisioner(KernelProvisionerBase):
 
 def _discard_pool_pod(ready: ReadyPod) -> None:
     """A pool pod that leaves the pool unclaimed: its ports and audit folder go too."""
-    lpc = LocalPortCache.instance()
-    for port in ready.ports:
-        lpc.return_port(port)
+    _return_ports(ready.ports)
     shutil.rmtree(ready.audit_dir, ignore_errors=True)
+
+
+def _return_ports(ports) -> None:
+    lpc = LocalPortCache.instance()
+    for port in ports:
+        lpc.return_port(port)

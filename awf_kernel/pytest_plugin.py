@@ -64,16 +64,21 @@ def pytest_collection_modifyitems(session, config, items):
 
 @contextmanager
 def _launch_env(nbfile):
-    """JPY_SESSION_NAME names this notebook, only while its kernel starts."""
-    saved = os.environ.get(policy_source.SESSION_ENV)
-    os.environ[policy_source.SESSION_ENV] = os.path.abspath(str(nbfile.fspath))
+    """JPY_SESSION_NAME names this notebook, only while its kernel starts;
+    AWF_NOTEBOOK_CONSENT says the launcher runs it on purpose (pytest was
+    asked to test this file), so its metadata.awf applies without Jupyter's
+    notebook trust (awf_kernel.trust)."""
+    values = {policy_source.SESSION_ENV: os.path.abspath(str(nbfile.fspath)), policy_source.CONSENT_ENV: "1"}
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop(policy_source.SESSION_ENV, None)
-        else:
-            os.environ[policy_source.SESSION_ENV] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.hookimpl(hookwrapper=True)

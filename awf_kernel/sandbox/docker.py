@@ -15,7 +15,9 @@ import logging
 import os
 import re
 import tarfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import docker
@@ -410,6 +412,50 @@ def _remove_container(container) -> None:
     except APIError as exc:
         if exc.status_code not in (404, 409):
             raise
+
+
+_removals: set[threading.Thread] = set()
+_removals_lock = threading.Lock()
+
+
+def remove_pod_later(kernel_id: str, then: Callable[[], None] | None = None) -> None:
+    """Remove a pod whose kernel has ended, in the background: stopping the
+    proxy is most of a shutdown's time (the engine tears down its network and
+    published ports), and nothing in a pod without a kernel can reach out
+    (only the kernel's connections are ever forwarded). `then` runs after
+    the removal (the kernel's ports go back to the cache only then). The
+    threads are not daemons, so a server that exits waits for them; a server
+    that is killed leaves a pod `awf-kernel gc` collects."""
+    def run():
+        try:
+            remove_pod(kernel_id)
+        except Exception as exc:  # noqa: BLE001 - gc collects what is left (it carries the labels)
+            log.warning("awf-kernel %s: removing the pod failed (`awf-kernel gc` will): %s", kernel_id, exc)
+        finally:
+            if then is not None:
+                then()
+            with _removals_lock:
+                _removals.discard(threading.current_thread())
+
+    thread = threading.Thread(target=run, name=f"awf-kernel-remove-{kernel_id[:8]}")
+    with _removals_lock:
+        _removals.add(thread)
+    thread.start()
+
+
+def wait_for_removals(timeout: float = 60.0) -> bool:
+    """Wait until every background removal of this process is done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _removals_lock:
+            pending = list(_removals)
+        if not pending:
+            return True
+        for thread in pending:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if time.monotonic() >= deadline:
+            with _removals_lock:
+                return not _removals
 
 
 def pod_ids(kernel_id: str) -> set[str]:

@@ -16,6 +16,7 @@ from jupyter_client.manager import KernelManager
 
 from awf_kernel import kernelspec, naming
 from awf_kernel.images import IMAGES, build
+from awf_kernel.sandbox import docker as sandbox
 from awf_kernel.sandbox.pool import POOL
 from tests.conftest import require_docker
 from tests.integration.testnet_fixtures import (  # noqa: F401
@@ -90,6 +91,7 @@ def no_leftovers(docker_client):
     """Asserts that a test left no container or network of the project behind."""
     before = {c.id for c in docker_client.containers.list(all=True, filters=naming.kernel_filter())}
     yield
+    sandbox.wait_for_removals()  # pods go in the background once their kernels ended
     after = {c.id for c in docker_client.containers.list(all=True, filters=naming.kernel_filter())}
     assert after - before - _ready_pool_containers() == set(), "a test left sandbox containers behind"
 
@@ -136,6 +138,7 @@ class Kernel:
     def shutdown(self):
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=False)
+        sandbox.wait_for_removals()  # the pod goes in the background once the kernel has ended
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from jupyter_client.manager import KernelManager
 
 from awf_kernel import naming
 from awf_kernel.errors import DockerUnavailable, ImageMissing, NetworkMissing, PolicyError, PortClash
+from awf_kernel.sandbox import docker as sandbox
+from tests.integration.conftest import _ready_pool_containers
 
 
 def _km(spec_dir, name="awf-python", **kw):
@@ -22,6 +24,7 @@ def _km(spec_dir, name="awf-python", **kw):
 def _nothing_left(docker_client, km):
     from awf_kernel.provisioner import AWFProvisioner
 
+    sandbox.wait_for_removals()  # pods go in the background once their kernels ended
     if km.kernel_id:
         assert not (pathlib.Path(AWFProvisioner().audit_dir) / km.kernel_id).exists()
         assert docker_client.containers.list(all=True, filters=naming.kernel_filter(km.kernel_id)) == []
@@ -51,7 +54,9 @@ def test_missing_image(spec_dir, start_kernel, docker_client):
     with pytest.raises(ImageMissing) as info:
         start_kernel(settings={"image": "awf-kernel/does-not-exist:1"})
     assert "awf-kernel build" in str(info.value) and "does-not-exist" in str(info.value)
-    assert docker_client.containers.list(all=True, filters={"label": [f"{naming.MANAGED}=true"]}) == []
+    sandbox.wait_for_removals()  # earlier tests' pods, which go in the background
+    assert {c.id for c in docker_client.containers.list(all=True, filters={"label": [f"{naming.MANAGED}=true"]})
+            } - _ready_pool_containers() == set()
 
 
 def test_missing_egress_network(start_kernel, docker_client):

@@ -119,6 +119,7 @@ def test_five_kernels_at_once(spec_dir, docker_client):
     results = asyncio.run(all_five())
     assert [status for _, status in results] == ["ok"] * 5
     assert len({kid for kid, _ in results}) == 5
+    sandbox.wait_for_removals()  # pods go in the background once their kernels ended
     for kid, _ in results:
         assert _pod(docker_client, kid) == []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import nbformat
@@ -191,3 +192,41 @@ def test_saving_the_trusted_notebook_with_new_metadata_applies_it(start_kernel, 
     res = fetch(k, "allowed.test", "other.test")
     assert res["other.test env"] == 200 and res["allowed.test env"] != 200, res
     assert testnet.web_hits("allowed.test", since=mark) == []
+
+
+def test_the_kernel_cannot_forge_the_users_trust(start_kernel, tmp_path, monkeypatch):
+    """A kernel started in the home folder (which holds Jupyter's data folder)
+    cannot read the notary's secret nor add a signature to its database: it
+    cannot make a notebook of its own trusted for the next start."""
+    home = tmp_path / "home"
+    data = home / ".local" / "share" / "jupyter"
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    home.mkdir()
+    nb = _notebook(home / "mine.ipynb", {"allow_domains": ["allowed.test"]}, trusted=True)
+    for path in [home, *home.rglob("*")]:
+        os.chown(path, 1000, 1000) if os.getuid() == 0 else None
+    def signatures():  # (the server itself updates last_seen when it checks a notebook)
+        import sqlite3
+        with sqlite3.connect(data / "nbsignatures.db") as db:
+            return sorted(db.execute("SELECT algorithm, signature FROM nbsignatures").fetchall())
+    before = (signatures(), (data / "notebook_secret").read_bytes())
+    k = start_kernel(env={"LANG": "C.UTF-8", "JPY_SESSION_NAME": nb}, cwd=str(home))
+    res = k.probe(f"""
+        import json, sqlite3
+        out = {{}}
+        try:
+            out["secret"] = len(open({str(data / "notebook_secret")!r}, "rb").read())
+        except OSError as e:
+            out["secret"] = type(e).__name__
+        try:
+            db = sqlite3.connect({str(data / "nbsignatures.db")!r})
+            db.execute("INSERT INTO nbsignatures (algorithm, signature, path, last_seen) VALUES ('sha256', 'x', 'y', 0)")
+            db.commit()
+            out["db"] = "written"
+        except Exception as e:
+            out["db"] = type(e).__name__
+        print(json.dumps(out))
+    """)
+    assert res["secret"] in (0, "PermissionError", "FileNotFoundError", "IsADirectoryError"), res
+    assert res["db"] != "written", res
+    assert (signatures(), (data / "notebook_secret").read_bytes()) == before

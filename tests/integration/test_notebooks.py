@@ -28,8 +28,9 @@ from jupyter_client.manager import KernelManager
 from jupyter_core.paths import jupyter_data_dir
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from awf_kernel import kernelspec, naming
+from awf_kernel import kernelspec, naming, trust
 from awf_kernel.errors import CeilingError, PolicyError
+from awf_kernel.sandbox import docker as sandbox
 from tests.integration.conftest import Kernel
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -50,7 +51,14 @@ def write_notebook(path: pathlib.Path, awf, *sources: str, **metadata) -> pathli
                       metadata=meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(path))
+    trust.trust(str(path))  # the user's own notebook (a downloaded one would not be signed)
     return path
+
+
+@pytest.fixture(autouse=True)
+def own_notary(tmp_path, monkeypatch):
+    """Notebook trust lives in the user's Jupyter data folder: the test's own."""
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter-data"))
 
 
 def fetch_cell(url: str, expect: int) -> str:
@@ -132,6 +140,7 @@ def audit_policies(notebook: pathlib.Path, since: float) -> list[dict]:
 
 def nothing_left(docker_client, km: KernelManager) -> None:
     assert km.kernel_id, "the manager never got as far as a kernel id"
+    sandbox.wait_for_removals()  # pods go in the background once their kernels ended
     assert docker_client.containers.list(all=True, filters=naming.kernel_filter(km.kernel_id)) == []
     assert docker_client.networks.list(filters=naming.kernel_filter(km.kernel_id)) == []
     assert not km.connection_file or not os.path.exists(km.connection_file)
@@ -280,6 +289,7 @@ def test_session_notebook_metadata_applies_and_restart_rereads_it(start_kernel, 
     doc = nbformat.read(str(nb), as_version=4)
     doc.metadata.awf = {"allow_domains": ["allowed.test"]}
     nbformat.write(doc, str(nb))
+    trust.trust(str(nb))  # JupyterLab signs what the user saves
     k.km.restart_kernel(now=False)
     k.kc.wait_for_ready(timeout=120)
     mark = testnet.mark()

@@ -15,11 +15,20 @@ import pytest
 from awf_kernel import naming
 from awf_kernel.cli import main
 from awf_kernel.sandbox import docker as sandbox
+from awf_kernel.sandbox.pool import POOL
 from tests.integration.conftest import ALLOW
 
 pytestmark = pytest.mark.docker
 
 POOLED = {"pool_size": 1}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def own_pool():
+    """The pools these tests fill are gone when the module ends."""
+    yield
+    POOL.close()
+    POOL.reopen()
 
 
 def _ready_pool_proxies(docker_client, server: str | None = None) -> list:
