@@ -829,9 +829,10 @@ class AWFProvisioner(KernelProvisionerBase):
                 raise
             self.log.info("awf-kernel %s: policy %s in force after %.2f s (%s): %s", self.kernel_id, generation,
                           seconds, source, json.dumps(plan.policy.to_json()))
+        changed = generation != self._generation or plan.pending != previous.pending
         self.plan, self._generation = plan, generation
         d = self._audit_dir_for_change().parent
-        if d.is_dir():
+        if changed and d.is_dir():
             self._write_policy_meta(d, plan)
             record = {"kind": "policy", "time": time.time(), "kernel_id": self.kernel_id, "source": source,
                       "generation": generation, "policy": plan.policy.to_json(),
@@ -859,9 +860,11 @@ class AWFProvisioner(KernelProvisionerBase):
             "generation": self._generation,
             "require_trust": self.require_trust,
             "effective": None if plan is None else {**plan.policy.to_json(), "allow_all": plan.policy.allow_all},
-            "admin": {"allow_domains": list(self.allow_domains), "block_domains": list(self.block_domains),
-                      "allow_record_mode": self.allow_record_mode},
-            "ceiling": None if self.domain_ceiling is None else rules(
+            # hub mode: this side's admin settings are ignored (the broker's config decides)
+            "admin": None if self.broker else {"allow_domains": list(self.allow_domains),
+                                               "block_domains": list(self.block_domains),
+                                               "allow_record_mode": self.allow_record_mode},
+            "ceiling": None if self.broker or self.domain_ceiling is None else rules(
                 parse_domains(self.domain_ceiling, "AWFProvisioner.domain_ceiling")),
             "request": None if plan is None or plan.request is None else plan.request.written(),
             "pending": None if plan is None or plan.pending is None else plan.pending.written(),
