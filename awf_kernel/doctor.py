@@ -57,6 +57,12 @@ def run_checks() -> list[Check]:
         checks.append(Check("egress network", False, f"Docker network '{net}' does not exist",
                             f"docker network create {net}, or awf-kernel install --set egress_network=NAME"))
 
+    from .runtime import doctor_check
+
+    ok, detail, fix = doctor_check(c, str(settings.get("runtime", "")), str(settings.get("image", IMAGES["kernel"])),
+                                   net)
+    checks.append(Check("runtime", ok, detail, fix))
+
     proxy = IMAGES["proxy"]
     try:
         # The firewall step needs the nat table (REDIRECT) inside a container's namespace.

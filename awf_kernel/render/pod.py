@@ -92,6 +92,8 @@ class PodSettings:
     tmp_size: str | None = "512m"     # ... and /tmp, a tmpfs of this size, is its scratch space
     owner_uid: int | None = None      # hub mode: the user the broker made this pod for (a label)
     pod: str | None = None            # the warm pool pod this kernel runs in (its id), if any
+    runtime: str = ""                 # the kernel container's OCI runtime ("" = the engine's default);
+                                      # awf_kernel.runtime decides which ones keep the pod's rules in force
 
 
 def _limits(s: PodSettings) -> dict:
@@ -197,6 +199,8 @@ def kernel_create_kwargs(s: PodSettings, proxy_id: str) -> dict:
         **_LOCKED_DOWN,
         **_limits(s),
     }
+    if s.runtime:
+        kwargs["runtime"] = s.runtime  # the kernel only: the proxy side stays on the engine's own runtime
     if s.read_only_image:
         kwargs["read_only"] = True
         kwargs["tmpfs"] = {"/tmp": "mode=1777" + (f",size={s.tmp_size}" if s.tmp_size else "")}

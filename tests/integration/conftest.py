@@ -27,6 +27,11 @@ ALLOW = ["allowed.test", "*.allowed.test", "other.test"]
 # default; scripts/test.sh runs the security and conformance suites a second
 # time with AWF_TEST_POOL_SIZE=1, so they judge pooled pods too.
 POOL_SIZE = int(os.environ.get("AWF_TEST_POOL_SIZE", "0"))
+# The kernel container's runtime (AWFProvisioner.runtime) for every kernel of
+# the suite: '' (the engine's default) unless AWF_TEST_RUNTIME names one;
+# scripts/test.sh runs the security, lifecycle and conformance suites a second
+# time with AWF_TEST_RUNTIME=runsc (gVisor), judged by the same test internet.
+RUNTIME = os.environ.get("AWF_TEST_RUNTIME", "")
 
 
 def pod_ids(km) -> set[str]:
@@ -75,6 +80,7 @@ def spec_dir(tmp_path_factory, testnet, awf_images):
         # canary, the DNS server and the Docker host stay out of reach.
         "allow_private_destinations": web_host_ranges(testnet),
         "pool_size": POOL_SIZE,
+        **({"runtime": RUNTIME} if RUNTIME else {}),
     })
     yield prefix / "share" / "jupyter" / "kernels"
     POOL.close()  # the pool's pods sit on the test internet: gone before it is
