@@ -41,6 +41,27 @@ def kernel_env(launcher_env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in launcher_env.items() if any(fnmatch.fnmatchcase(k, p) for p in ENV_ALLOWLIST)}
 
 
+def consented_request(launcher_env: dict[str, str], *, root_dir: str | None, log: Any, require_trust: bool,
+                      trust_parent: Any, kernel_id: str):
+    """The launch's policy request, or None when it is an untrusted
+    notebook's (awf_kernel.trust): consent is the user's, checked on the
+    user's side with the user's own notary."""
+    request, source_file = policy_source.load_request_from(launcher_env, root_dir=root_dir, log=log)
+    consented = launcher_env.get(policy_source.CONSENT_ENV) == "1"
+    if (request is not None and source_file and require_trust and not consented
+            and not trust.is_trusted(source_file, trust_parent)):
+        log.warning("awf-kernel %s: the notebook is not trusted; its request %s is not applied (trust the "
+                    "notebook, then restart the kernel or save it)", kernel_id, request.written())
+        return None
+    return request
+
+
+def policy_fields(request) -> dict[str, Any]:
+    """A request as the broker's protocol carries it."""
+    return {"allow_domains": list(request.allow_written), "block_domains": list(request.block_written),
+            **({"mode": request.mode} if request.mode else {})}
+
+
 def start_request(*, kernel_id: str, connection_info: dict[str, Any], launcher_env: dict[str, str],
                   cwd: str | None, root_dir: str | None, image: str | None, default_image: str,
                   spec_dir: str | None, log: Any, require_trust: bool = True,
@@ -49,13 +70,8 @@ def start_request(*, kernel_id: str, connection_info: dict[str, Any], launcher_e
     (validated here for early, clear errors; validated again by the broker).
     An untrusted notebook's request is not sent (awf_kernel.trust): consent
     is the user's, checked on the user's side with the user's own notary."""
-    request, source_file = policy_source.load_request_from(launcher_env, root_dir=root_dir, log=log)
-    consented = launcher_env.get(policy_source.CONSENT_ENV) == "1"
-    if (request is not None and source_file and require_trust and not consented
-            and not trust.is_trusted(source_file, trust_parent)):
-        log.warning("awf-kernel %s: the notebook is not trusted; its request %s is not applied (trust the "
-                    "notebook, then restart the kernel)", kernel_id, request.written())
-        request = None
+    request = consented_request(launcher_env, root_dir=root_dir, log=log, require_trust=require_trust,
+                                trust_parent=trust_parent, kernel_id=kernel_id)
     notebook = policy_source.notebook_path(launcher_env.get(policy_source.SESSION_ENV, ""), root_dir)
     key = connection_info["key"]
     paths = protect.server_paths()
@@ -73,9 +89,7 @@ def start_request(*, kernel_id: str, connection_info: dict[str, Any], launcher_e
     if notebook:
         fields["notebook"] = notebook
     if request is not None:
-        fields["policy"] = {"allow_domains": list(request.allow_written),
-                            "block_domains": list(request.block_written),
-                            **({"mode": request.mode} if request.mode else {})}
+        fields["policy"] = policy_fields(request)
     if image and image != default_image:
         fields["image"] = image  # the broker accepts only its allowed_images
     return fields

@@ -456,6 +456,8 @@ class AWFProvisioner(KernelProvisionerBase):
     async def _pre_launch_hub(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Hub mode: gather the request and the launch facts; decide nothing."""
         launcher_env = dict(kwargs.pop("env", os.environ))
+        self._policy_env = {k: launcher_env[k] for k in (policy_source.POLICY_ENV, policy_source.SESSION_ENV,
+                                                          policy_source.CONSENT_ENV) if launcher_env.get(k)}
         kwargs.pop("transport_encryption", None)
         kwargs.pop("extra_arguments", None)
         cwd = kwargs.pop("cwd", None)
@@ -491,6 +493,7 @@ class AWFProvisioner(KernelProvisionerBase):
                     self.log.exception("awf-kernel %s: cleanup after a refused start failed", self.kernel_id)
             raise
         self._hub_kernel = True
+        self._hub_policy = reply.get("policy") if isinstance(reply.get("policy"), dict) else None
         for warning in reply.get("warnings") or ():
             self.log.warning("awf-kernel %s: %s", self.kernel_id, warning)
         self.log.info("awf-kernel %s: started by the broker; effective policy %s", self.kernel_id,
@@ -599,6 +602,7 @@ class AWFProvisioner(KernelProvisionerBase):
     _kept: sandbox.Pod | None = None   # a restart keeps the pod's proxy side: the pod without its kernel
     _pod_id: str | None = None         # the pool pod's id this kernel's containers run in, if any
     _kept_generation: str = ""         # the policy generation the kept proxy answers by
+    _hub_policy: dict | None = None    # hub mode: the effective policy as the broker last reported it
     _generation: str = ""              # the policy files' generation the pod's proxy answers by
 
     def _protection(self, plan: LaunchPlan, mounts: list[podspec.Mount]) -> list[podspec.Mount]:
@@ -800,14 +804,40 @@ class AWFProvisioner(KernelProvisionerBase):
         PolicyError when the request asks for more than the ceiling (nothing
         changes). A proxy that does not confirm the new policy is stopped
         with its kernel: a pod never runs on a half-applied policy.
-        Only the server side calls this; the kernel cannot reach the server."""
+        Only the server side calls this; the kernel cannot reach the server.
+        In hub mode the broker decides, within its bounds for this user."""
+        if self.broker:
+            return await self._apply_hub(request, source)
         return await self._apply(self.resolve_request(request), source)
 
     async def reload_policy(self, *, source: str = "notebook saved") -> Policy:
         """Re-read the policy where the launch read it (the notebook file, with
         its trust, or AWF_POLICY) and put it in force: what saving a notebook
         whose `metadata.awf` changed does to its running kernel."""
+        if self.broker:
+            request = hub_mode.consented_request(dict(self._policy_env), root_dir=self._root_dir(), log=self.log,
+                                                 require_trust=self.require_trust, trust_parent=self.parent,
+                                                 kernel_id=self.kernel_id)
+            return await self._apply_hub(request, source)
         return await self._apply(self.resolve_policy(dict(self._policy_env)), source)
+
+    async def _apply_hub(self, request: PolicyRequest | None, source: str) -> Policy:
+        if not self._hub_kernel:
+            raise SandboxStartError("the kernel has no running pod", hint="start the kernel first")
+        fields = {"policy": hub_mode.policy_fields(request)} if request is not None else {}
+        try:
+            reply = await self._broker().acall("policy", kernel_id=self.kernel_id, **fields)
+        except BrokerError as exc:
+            if exc.code == "refused":
+                raise PolicyError(exc.message, hint=exc.hint) from None
+            raise
+        self._hub_policy = reply.get("policy") if isinstance(reply.get("policy"), dict) else None
+        self.log.info("awf-kernel %s: the broker put a new policy in force (%s): %s", self.kernel_id, source,
+                      json.dumps(self._hub_policy))
+        got = self._hub_policy or {}
+        return Policy(allow=parse_domains(got.get("allow_domains") or [], "broker"),
+                      block=parse_domains(got.get("block_domains") or [], "broker"),
+                      mode=got.get("mode") or "enforce")
 
     async def _apply(self, resolved: ResolvedPolicy, source: str) -> Policy:
         if self.broker:
@@ -859,7 +889,8 @@ class AWFProvisioner(KernelProvisionerBase):
             "notebook": plan.notebook if plan else None,
             "generation": self._generation,
             "require_trust": self.require_trust,
-            "effective": None if plan is None else {**plan.policy.to_json(), "allow_all": plan.policy.allow_all},
+            "effective": (self._hub_policy if self.broker else
+                          None if plan is None else {**plan.policy.to_json(), "allow_all": plan.policy.allow_all}),
             # hub mode: this side's admin settings are ignored (the broker's config decides)
             "admin": None if self.broker else {"allow_domains": list(self.allow_domains),
                                                "block_domains": list(self.block_domains),

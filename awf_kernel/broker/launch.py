@@ -144,11 +144,47 @@ def load_record(paths: KernelPaths) -> dict:
 def effective_policy(cfg: BrokerConfig, req: StartRequest) -> tuple[Policy, tuple | None]:
     """The broker's admin bounds and the notebook's request -> the policy
     (a request outside the ceiling is a PolicyError naming the domain)."""
+    return policy_for(cfg, req.policy)
+
+
+def policy_for(cfg: BrokerConfig, request: PolicyRequest | None) -> tuple[Policy, tuple | None]:
     ceiling = None if cfg.domain_ceiling is None else parse_domains(cfg.domain_ceiling, "BrokerConfig.domain_ceiling")
     policy = resolve_policy(admin_allow=parse_domains(cfg.allow_domains, "BrokerConfig.allow_domains"),
                             admin_block=parse_domains(cfg.block_domains, "BrokerConfig.block_domains"),
-                            ceiling=ceiling, request=req.policy, record_allowed=cfg.allow_record_mode)
+                            ceiling=ceiling, request=request, record_allowed=cfg.allow_record_mode)
     return policy, ceiling
+
+
+def change_policy(cfg: BrokerConfig, rec: KernelRecord, request: PolicyRequest | None) -> Policy:
+    """Live policy for a brokered kernel: the owner's new request within the
+    broker's bounds for that user, put in force in the running pod (and
+    confirmed), policy.json replaced and the change recorded. A proxy that
+    does not confirm is stopped with its kernel (PolicyError: nothing changed)."""
+    policy, ceiling = policy_for(cfg, request)
+    files, generation = render_proxy_files(policy, kernel_id=rec.kernel_id, notebook=rec.notebook,
+                                           upstreams=cfg.dns_servers, allowed_private=cfg.allow_private_destinations)
+    if not rec.proxy_id:
+        raise AWFError(f"kernel {rec.kernel_id} has no proxy on record")
+    try:
+        sandbox.apply_policy(rec.proxy_id, files, generation)
+    except AWFError:
+        if rec.kernel_container_id:
+            sandbox.signal_container(rec.kernel_container_id, 9)
+        raise
+    paths = paths_for(cfg, rec.kernel_id, rec.owner_uid)
+    meta = audit_meta(rec.kernel_id, rec.owner_uid, rec.notebook, policy, ceiling, request)
+    tmp = os.path.join(paths.audit_dir, f".policy.json.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with open(fd, "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp, os.path.join(paths.audit_dir, "policy.json"))
+    change = {"kind": "policy", "time": time.time(), "kernel_id": rec.kernel_id, "source": "broker",
+              "generation": generation, "policy": policy.to_json()}
+    fd = os.open(os.path.join(paths.audit_dir, "policy-changes.jsonl"),
+                 os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    with open(fd, "a") as f:
+        f.write(json.dumps(change, sort_keys=True) + "\n")
+    return policy
 
 
 def choose_image(cfg: BrokerConfig, req: StartRequest) -> str:

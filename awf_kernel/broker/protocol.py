@@ -74,6 +74,7 @@ FIELDS: dict[str, dict[str, bool]] = {
     "list": {},
     "logs": {"kernel_id": True, "limit": False},
     "gc": {},
+    "policy": {"kernel_id": True, "policy": False},  # a running kernel's new request (live policy)
 }
 OPS = tuple(FIELDS)
 
@@ -123,6 +124,7 @@ class Request:
     signal: int | None = None
     limit: int = DEFAULT_LOG_RECORDS
     start: StartRequest | None = None
+    policy: PolicyRequest | None = None      # op "policy": the notebook's new request (None: none)
 
 
 # --- decoding ----------------------------------------------------------------------------
@@ -360,6 +362,8 @@ def parse_request(data: bytes) -> Request:
     if op == "logs":
         limit = _int(obj, "limit", 1, MAX_LOG_RECORDS) if "limit" in obj else DEFAULT_LOG_RECORDS
         return Request(op, kernel_id=kernel_id, limit=limit)
+    if op == "policy":
+        return Request(op, kernel_id=kernel_id, policy=_policy(obj)[0])
     return Request(op, kernel_id=kernel_id)
 
 

@@ -286,6 +286,26 @@ class Broker:
         await asyncio.to_thread(pods.send_signal, rec, _required(req.signal, "signal"))
         return protocol.ok()
 
+    async def _op_policy(self, peer: identity.Peer, req: protocol.Request) -> dict:
+        """Live policy: the owner's server sends the notebook's new request;
+        the broker's bounds for that user decide, as at start."""
+        rec = self._own_running(peer, req.kernel_id)
+        if isinstance(rec, dict):
+            return rec
+        try:
+            user = identity.user_for(rec.owner_uid, self.cfg.min_uid)
+        except identity.NotAllowed as exc:
+            return protocol.error(str(exc), "refused")
+        ucfg = self.cfg.for_user(user.name, user.groups)
+        try:
+            policy = await asyncio.to_thread(launch.change_policy, ucfg, rec, req.policy)
+        except PolicyError as exc:
+            return protocol.error(exc.message, "refused", exc.hint)
+        except AWFError as exc:
+            return protocol.error(exc.message, "failed", exc.hint)
+        log.info("uid=%d: kernel %s policy now %s", rec.owner_uid, rec.kernel_id, policy.to_json())
+        return protocol.ok(policy=policy.to_json())
+
     async def _op_stop(self, peer: identity.Peer, req: protocol.Request) -> dict:
         rec = self._own_running(peer, req.kernel_id)
         if isinstance(rec, dict):

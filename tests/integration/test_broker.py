@@ -441,7 +441,8 @@ def test_another_user_cannot_see_or_touch_it(broker, users, u1_kernel):
     u1, u2 = users
     kid = u1_kernel.kernel_id
     nobody = str(uuid.uuid4())
-    for op, extra in (("status", {}), ("signal", {"signal": 9}), ("stop", {}), ("logs", {})):
+    for op, extra in (("status", {}), ("signal", {"signal": 9}), ("stop", {}), ("logs", {}),
+                      ("policy", {"policy": {"allow_domains": ["blocked.test"]}})):
         theirs = refused(u2, broker.url, op, kernel_id=kid, **extra)
         missing = refused(u2, broker.url, op, kernel_id=nobody, **extra)
         assert theirs.code == missing.code == "no-such-kernel", (op, theirs)
@@ -450,6 +451,38 @@ def test_another_user_cannot_see_or_touch_it(broker, users, u1_kernel):
     assert as_user(u2, call, broker.url, "gc")["removed"] == []
     # and the kernel is unharmed
     assert as_user(u1, call, broker.url, "status", kernel_id=kid)["running"] is True
+
+
+def test_live_policy_through_the_broker(broker, users, u1_kernel, testnet):
+    """The owner's server sends the notebook's new request; the broker puts it
+    in force in the running pod (no restart: the kernel's state survives)."""
+    u1 = users[0]
+    kc = u1_kernel.client()
+    fetch = """
+        import json, urllib.request
+        def get(url):
+            try:
+                with urllib.request.urlopen(url, timeout=15) as r:
+                    return r.status
+            except Exception as exc:
+                return type(exc).__name__
+        print(json.dumps({"other": get("http://other.test/live"), "state": globals().get("state")}))
+    """
+    try:
+        run_code(kc, "state = 'kept'; print(1)")
+        mark = testnet.mark()
+        assert run_code(kc, fetch)["other"] != 200
+        reply = as_user(u1, call, broker.url, "policy", kernel_id=u1_kernel.kernel_id,
+                        policy={"allow_domains": [*POLICY["allow_domains"], "other.test"]})
+        assert "other.test" in reply["policy"]["allow_domains"]
+        assert run_code(kc, fetch) == {"other": 200, "state": "kept"}
+        assert [h["path"] for h in testnet.web_hits("other.test", since=mark) if h["event"] == "request"] == ["/live"]
+        as_user(u1, call, broker.url, "policy", kernel_id=u1_kernel.kernel_id, policy=POLICY)  # narrowed again
+        mark = testnet.mark()
+        assert run_code(kc, fetch)["other"] != 200
+        assert testnet.web_hits("other.test", since=mark) == []
+    finally:
+        kc.stop_channels()
 
 
 def test_the_same_kernel_id_cannot_be_taken(broker, users, u1_kernel, docker_client):
