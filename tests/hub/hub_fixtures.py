@@ -258,8 +258,10 @@ class UsersPython:
             src.mkdir()
             for name in ("pyproject.toml", "README.md"):
                 shutil.copy2(REPO / name, src / name)
-            for name in ("awf_kernel", "containers"):
+            for name in ("awf_kernel", "containers", "jupyter-config"):
                 shutil.copytree(REPO / name, src / name, symlinks=True, ignore=ignore)
+            (src / "labextension").mkdir()  # the wheel's data files (pyproject.toml) name this one too
+            shutil.copy2(REPO / "labextension" / "install.json", src / "labextension" / "install.json")
             res = subprocess.run([self.python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                                   "--no-compile", "--disable-pip-version-check", "--target", str(dest), str(src)],
                                  check=False, capture_output=True, text=True, timeout=300,
