@@ -152,6 +152,8 @@ def _cleanup(client) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - the label sweep below still runs
             notes.append(f"shutdown of kernel {km.kernel_id}: {type(exc).__name__}: {exc}")
         LIVE.remove(km)
+    with contextlib.suppress(Exception):
+        wait_removals(60)  # the pods of kernels shut down in the background
     pool = _pool()
     if pool is not None:  # the warm pool's unclaimed pods, by its own hand (as a server does at exit)
         try:
@@ -195,15 +197,27 @@ def _pool():
 POOL_THREAD = "awf-kernel-pool"  # the name of the pool's filler threads
 
 
-def wait_pool_idle(timeout: float) -> float:
-    """Let the warm pool refill (its filler threads finish) before a timed start,
-    as it would between two users' starts; returns the seconds waited."""
+def wait_removals(timeout: float) -> float:
+    """Wait until the pods shut-down kernels left to remove in the background are
+    gone (sandbox.wait_for_removals, where the provisioner removes them so);
+    returns the seconds waited."""
+    t = time.perf_counter()
+    fn = getattr(sandbox, "wait_for_removals", None)
+    if fn is not None:
+        fn(timeout)
+    return time.perf_counter() - t
+
+
+def settle(timeout: float) -> None:
+    """Before a timed start: the previous kernel's pod removed, the warm pool
+    refilled (its filler threads done), as between two users' starts; so no
+    figure includes another kernel's cleanup, local ones neither."""
+    wait_removals(timeout)
     t = time.perf_counter()
     while time.perf_counter() - t < timeout:
         if not any(th.name.startswith(POOL_THREAD) and th.is_alive() for th in threading.enumerate()):
             break
         time.sleep(0.05)
-    return time.perf_counter() - t
 
 
 # --- one kernel ------------------------------------------------------------------------------
@@ -455,6 +469,24 @@ def importtime_top(cmd: list[str], top: int = 6) -> list[tuple[str, float]]:
     return sorted(by_package.items(), key=lambda r: -r[1])[:top]
 
 
+def diagnose(km) -> dict:
+    """What the engine says about a failed kernel's pod: each container's state and last log lines."""
+    pod = getattr(km.provisioner, "pod", None)
+    out: dict = {}
+    if pod is None:
+        return out
+    client = docker.from_env()
+    for role, cid in (("kernel", pod.kernel_id_container), ("proxy", pod.proxy_id)):
+        try:
+            c = client.containers.get(cid)
+            st = c.attrs["State"]
+            out[role] = {k: st.get(k) for k in ("Status", "ExitCode", "OOMKilled", "Error", "StartedAt", "FinishedAt")}
+            out[role]["logs"] = c.logs(tail=5).decode(errors="replace")[-800:]
+        except Exception as exc:  # noqa: BLE001 - a diagnosis, best effort
+            out[role] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
 # --- ten at once -----------------------------------------------------------------------------
 
 async def concurrent_starts(name: str, ksm, env, n: int) -> dict:
@@ -479,7 +511,8 @@ async def concurrent_starts(name: str, ksm, env, n: int) -> dict:
             ok = reply["content"]["status"] == "ok"
             return {"ok": ok, "seconds": time.perf_counter() - t0, "pod": pod_timings(km)}
         except Exception as exc:  # noqa: BLE001 - a failed start is a figure, not a crash
-            return {"ok": False, "seconds": time.perf_counter() - t0, "error": f"{type(exc).__name__}: {exc}"}
+            return {"ok": False, "seconds": time.perf_counter() - t0, "error": f"{type(exc).__name__}: {exc}",
+                    "pod": await asyncio.to_thread(diagnose, km)}
         finally:
             if kc is not None:
                 kc.stop_channels()
@@ -588,8 +621,8 @@ def parse_args(argv=None):
     ap.add_argument("--pool-size", type=int, default=None,
                     help="set the provisioner's `pool_size` in the sandboxed kernel specs (if it has that setting)")
     ap.add_argument("--pool-settle", type=float, default=30.0,
-                    help="with a pool: at most this many seconds waiting for it to refill before each timed "
-                         "sandboxed start (default 30)")
+                    help="at most this many seconds waiting, before each timed start, for the warm pool to "
+                         "refill and background pod removals to end (default 30)")
     ap.add_argument("--skip-concurrent", action="store_true", help="skip the ten-kernels-at-once figure")
     ap.add_argument("--quick", action="store_true",
                     help="fewer samples: 2 runs, 20 GETs per sample, ten-at-once on the internal network only")
@@ -702,8 +735,7 @@ def main(argv=None) -> int:
                 for setup in order:
                     say(f"run {i + 1}/{args.runs}: {setup} ...")
                     r = S[setup]
-                    if pooled and setup != "local":
-                        wait_pool_idle(args.pool_settle)
+                    settle(args.pool_settle)
                     km, kc, rec = start(specs[setup], ksm, env_for(setup))
                     for k in ("start to first reply", "start_kernel call", "wait_for_ready", "first execute"):
                         r[k].append(rec[k])
@@ -738,6 +770,8 @@ def main(argv=None) -> int:
                     dt, phases = shutdown(km, kc)
                     r["shutdown"].append(dt)
                     r["shutdown phases"].append(phases)
+                    if setup != "local":  # what shutdown left to do in the background, if anything
+                        r["pod removed after shutdown"].append(dt + wait_removals(60))
 
             say("import time of ipykernel.kernelapp, local and in the kernel image ...")
             image = AWFProvisioner().image
@@ -758,8 +792,7 @@ def main(argv=None) -> int:
             if not args.skip_concurrent:
                 for setup in (("local", "internal") if args.quick else SETUPS):
                     say(f"{CONCURRENT} {setup} kernels at once ...")
-                    if pooled and setup != "local":
-                        wait_pool_idle(args.pool_settle)
+                    settle(args.pool_settle)
                     conc[setup] = asyncio.run(concurrent_starts(specs[setup], ksm, env_for(setup), CONCURRENT))
             result["concurrent"] = conc
     except KeyboardInterrupt:
@@ -811,6 +844,9 @@ def build_report(S, result, args, pooled, settings_extra) -> Report:
     for label, a in (("bridge", B), ("internal", Int)):
         rep.add(f"shutdown (shutdown_kernel), {label} (s)", med(L["shutdown"]), med(a["shutdown"]),
                 "<= 0.3 s", "max", 0.3)
+    for label, a in (("bridge", B), ("internal", Int)):
+        rep.add(f"shutdown until its pod is removed, {label} (s)", None, med(a["pod removed after shutdown"]),
+                "report", "info")
     conc = result.get("concurrent") or {}
     for label in ("bridge", "internal"):
         if label not in conc or "local" not in conc:
@@ -965,7 +1001,10 @@ def render_text(report: Report, result: dict, args, notes: list[str]) -> str:
     for label, c in (result.get("concurrent") or {}).items():
         lines.append(f"{CONCURRENT} {label} kernels at once: {CONCURRENT - c['failed']}/{CONCURRENT} ready, total "
                      f"{c['total']:.2f} s, slowest {c['slowest']:.2f} s, all shut down in {c['shutdown_all']:.2f} s"
-                     + "".join(f"\n  failed: {k['error']}" for k in c["kernels"] if not k["ok"]))
+                     + "".join(f"\n  failed: {k['error']}" + "".join(
+                         f"; {role} {d.get('Status')} exit {d.get('ExitCode')}"
+                         f"{' OOM' if d.get('OOMKilled') else ''}: {(d.get('logs') or '').strip()[-160:]!r}"
+                         for role, d in (k.get("pod") or {}).items()) for k in c["kernels"] if not k["ok"]))
     mem = S["internal"].get("memory idle")
     if mem:
         lines.append("proxy processes (RSS MiB, one idle pod): "
