@@ -75,7 +75,9 @@ def _stop_lab_kernels(request):
         request.getfixturevalue("lab").stop_kernels()
 
 
-@pytest.fixture(scope="session")
+# package scope: Playwright's sync API keeps an event loop running in the main thread
+# while it is open, and later suites call asyncio.run().
+@pytest.fixture(scope="package")
 def browser(browser_net, tmp_path_factory):
     require_browser()
     from playwright.sync_api import sync_playwright

@@ -73,7 +73,10 @@ def server(tmp_path, spec_dir, monkeypatch):
 def _client(runtime, kernel_id) -> BlockingKernelClient:
     kc = BlockingKernelClient(connection_file=str(runtime / f"kernel-{kernel_id}.json"))
     kc.load_connection_file()
-    kc.start_channels()
+    # No heartbeat channel: without a manager the client's liveness is the
+    # heartbeat's, which calls a kernel still starting (under load) dead after
+    # a second; the server, not this client, knows whether it is alive.
+    kc.start_channels(hb=False)
     kc.wait_for_ready(timeout=120)
     return kc
 

@@ -8,6 +8,7 @@ not by the errors the kernel sees.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import time
@@ -34,6 +35,13 @@ print(json.dumps(out))
 """
 
 
+def run(coro):
+    """A coroutine to its end in a thread of its own: the test's thread may
+    already have an event loop running (another suite's fixtures)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def fetch(kernel, *hosts) -> dict:
     return kernel.probe(FETCH % (list(hosts),), timeout=120)
 
@@ -41,7 +49,7 @@ def fetch(kernel, *hosts) -> dict:
 def update(kernel, policy: dict | None) -> float:
     request = None if policy is None else parse_request(policy, source="test")
     t = time.perf_counter()
-    asyncio.run(kernel.km.provisioner.update_policy(request, source="test"))
+    run(kernel.km.provisioner.update_policy(request, source="test"))
     return time.perf_counter() - t
 
 
@@ -170,11 +178,11 @@ def test_an_untrusted_notebook_reaches_its_hosts_only_after_consent(start_kernel
     assert all(v != 200 for v in fetch(k, "other.test").values())
     assert testnet.web_hits("other.test", since=mark) == []
 
-    asyncio.run(k.km.provisioner.reload_policy(source="test: not yet trusted"))
+    run(k.km.provisioner.reload_policy(source="test: not yet trusted"))
     assert all(v != 200 for v in fetch(k, "other.test").values())
 
     trust.trust(nb)  # the user confirms ("Trust Notebook")
-    asyncio.run(k.km.provisioner.reload_policy(source="test: trusted"))
+    run(k.km.provisioner.reload_policy(source="test: trusted"))
     mark = testnet.mark()
     assert fetch(k, "other.test")["other.test env"] == 200
     assert len(testnet.web_hits("other.test", since=mark)) >= 1
@@ -187,7 +195,7 @@ def test_saving_the_trusted_notebook_with_new_metadata_applies_it(start_kernel, 
     k = start_kernel(env={"LANG": "C.UTF-8", "JPY_SESSION_NAME": nb}, cwd=str(tmp_path))
     assert fetch(k, "allowed.test")["allowed.test env"] == 200
     _notebook(tmp_path / "mine.ipynb", {"allow_domains": ["other.test"]}, trusted=True)  # saved by Jupyter
-    asyncio.run(k.km.provisioner.reload_policy())
+    run(k.km.provisioner.reload_policy())
     mark = testnet.mark()
     res = fetch(k, "allowed.test", "other.test")
     assert res["other.test env"] == 200 and res["allowed.test env"] != 200, res
