@@ -38,6 +38,7 @@ from .broker.client import BrokerClient, BrokerError
 from .errors import InvalidSetting, PolicyError, SandboxStartError
 from .policy import DomainRule, Policy, PolicyRequest, parse_domains, resolve_policy
 from .render import pod as podspec, ports
+from .runtime import check as runtime_check
 from .render.proxy_files import render_proxy_files
 from .sandbox import docker as sandbox
 from .sandbox.pool import POOL, ReadyPod
@@ -121,6 +122,14 @@ class AWFProvisioner(KernelProvisionerBase):
         step). Built by `awf-kernel build`; change it only to a rebuilt copy.""")
     kernel_cmd = List(Unicode(), ["python3", "-m", "ipykernel_launcher", "-f", podspec.CONNECTION_FILE],
                       config=True, help="Command that starts the kernel inside `image`.")
+    runtime = Unicode("", config=True, help="""
+        The Docker (OCI) runtime of the kernel container; '' (default) is the
+        engine's default. gVisor works when registered with its host network
+        mode, `{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs":
+        ["--network=host"]}}}` in daemon.json: gVisor's own network stack would
+        send the kernel's packets past the pod's rules, so a runtime under
+        which they would not hold is refused at kernel start
+        (awf_kernel.runtime). The proxy side always runs on the engine's default.""")
 
     # --- policy (admin bounds) ----------------------------------------------
     allow_domains = List(Unicode(), [], config=True, help="""
@@ -316,6 +325,13 @@ class AWFProvisioner(KernelProvisionerBase):
                                  hint=f"see `AWFProvisioner.{name}` in the docs for what it names")
         return value
 
+    @validate("runtime")
+    def _valid_runtime(self, proposal):
+        if proposal["value"] and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", proposal["value"]):
+            raise InvalidSetting(f"runtime: {proposal['value']!r} is not a Docker runtime name",
+                                 hint="a name from `docker info` (Runtimes), e.g. runtime=runsc; '' for the default")
+        return proposal["value"]
+
     @validate("kernel_cmd")
     def _valid_kernel_cmd(self, proposal):
         if not proposal["value"]:
@@ -379,6 +395,7 @@ class AWFProvisioner(KernelProvisionerBase):
         self.log.info("awf-kernel %s: effective policy %s", self.kernel_id, json.dumps(resolved.policy.to_json()))
         await self._docker(sandbox.require_image, self.image, "image")
         await self._docker(sandbox.require_image, self.proxy_image, "proxy_image")
+        await self._docker(runtime_check, self.runtime)  # refused before any container exists
         egress = await self._docker(sandbox.egress_network, self.egress_network)
 
         if self._kept is None and self.pool_size > 0:
@@ -786,6 +803,7 @@ class AWFProvisioner(KernelProvisionerBase):
             read_only_image=self.read_only_image,
             tmp_size=self.tmp_size or None,
             pod=self._pod_id,
+            runtime=self.runtime,
         )
         private = list(self.allow_private_destinations)
         files, self._generation = self._proxy_files(plan)

@@ -4,7 +4,7 @@ failed start that cleans up without hiding its error.
 
 As jupyter_client's own provisioner tests do, the provisioner gets a stand-in
 kernel manager as its parent (only what a provisioner calls on it), and the
-two Docker look-ups of `pre_launch` are replaced by fakes.
+Docker look-ups of `pre_launch` are replaced by fakes.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def docker_free(monkeypatch):
     """pre_launch's Docker look-ups answered without an engine."""
     monkeypatch.setattr(provmod.sandbox, "require_image", lambda name, setting: None)
     monkeypatch.setattr(provmod.sandbox, "egress_network", lambda name: EGRESS)
+    monkeypatch.setattr(provmod, "runtime_check", lambda name: None)  # awf_kernel.runtime asks the engine
 
 
 def make(tmp_path, *, root_dir="", spec_env=None, **settings) -> AWFProvisioner:

@@ -1,0 +1,108 @@
+"""The kernel container's runtime: which registrations keep the pod's rules in
+force (awf_kernel.runtime), the setting, and where it reaches the pod's spec."""
+
+from __future__ import annotations
+
+import pytest
+
+from awf_kernel import runtime
+from awf_kernel.errors import InvalidSetting
+from awf_kernel.provisioner import AWFProvisioner
+from awf_kernel.render import pod as podspec
+from awf_kernel.runtime import EngineRuntime, RuntimeMissing, RuntimeRefused
+
+
+def info(default="runc", **runtimes):
+    base = {"runc": {"path": "runc"}, "io.containerd.runc.v2": {"path": "runc"}}
+    return {"DefaultRuntime": default, "Runtimes": {**base, **{k.replace("_", "-"): v for k, v in runtimes.items()}}}
+
+
+PLAIN = {"path": "/usr/bin/runsc"}
+HOSTINET = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=host"]}
+
+
+@pytest.mark.parametrize("args, expected", [
+    ((), "sandbox"),
+    (("--network=host",), "host"),
+    (("-network=host",), "host"),
+    (("--network", "host"),  "host"),
+    (("-network", "none"), "none"),
+    (("--network=host", "--debug", "--network=sandbox"), "sandbox"),  # the last one wins, as in Go's flag
+    (("--platform=kvm", "--network=host"), "host"),
+    (("--networkx=host",), "sandbox"),
+])
+def test_gvisor_network_mode_from_its_flags(args, expected):
+    assert EngineRuntime("runsc", "/usr/bin/runsc", args).gvisor_network == expected
+
+
+@pytest.mark.parametrize("rt", [
+    EngineRuntime("runc", "runc"),
+    EngineRuntime("crun", "/usr/bin/crun"),
+    EngineRuntime("io.containerd.runc.v2", "runc"),
+    EngineRuntime("runsc", "/usr/bin/runsc", ("--network=host",)),
+    EngineRuntime("sandboxed", "/opt/gvisor/runsc", ("--platform=kvm", "--network=host")),
+])
+def test_runtimes_that_keep_the_rules(rt):
+    assert runtime.judge(rt) is None
+
+
+@pytest.mark.parametrize("rt, fragment", [
+    (EngineRuntime("runsc", "/usr/bin/runsc"), "own network stack"),  # the plain registration
+    (EngineRuntime("gvisor", "/usr/local/bin/runsc-wrapper"), "own network stack"),
+    (EngineRuntime("runsc", "/usr/bin/runsc", ("--network=none",)), "no network at all"),
+    (EngineRuntime("runsc", "", (), "io.containerd.runsc.v1"), "containerd shim"),
+    (EngineRuntime("kata", "/usr/bin/kata-runtime"), "not a runtime awf-kernel knows"),
+    (EngineRuntime("sysbox-runc", "/usr/bin/sysbox-runc"), "not a runtime awf-kernel knows"),
+])
+def test_runtimes_that_would_bypass_the_rules_are_refused(rt, fragment):
+    assert fragment in (runtime.judge(rt) or "")
+
+
+def test_resolve_picks_the_setting_or_the_engine_default():
+    assert runtime.resolve("", info()).name == "runc"
+    assert runtime.resolve("runsc", info(runsc=HOSTINET)).gvisor
+
+
+def test_plain_gvisor_registration_is_refused_with_the_fix():
+    with pytest.raises(RuntimeRefused) as exc:
+        runtime.resolve("runsc", info(runsc=PLAIN))
+    text = str(exc.value)
+    assert "is refused" in text and "past the pod's iptables rules" in text
+    assert '"runtimeArgs": ["--network=host"]' in text and "daemon.json" in text and "HUP" in text
+
+
+def test_missing_runtime_names_the_daemon_json_fix():
+    with pytest.raises(RuntimeMissing) as exc:
+        runtime.resolve("runsc", info())
+    text = str(exc.value)
+    assert "not registered" in text and "runc" in text
+    assert '{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=host"]}}}' in text
+    assert "kill -HUP $(pidof dockerd)" in text
+
+
+def test_a_gvisor_default_runtime_is_refused_whatever_the_setting():
+    """The engine's default runs the proxy and the firewall step too; under
+    gVisor they would install their rules into gVisor's own stack."""
+    for setting in ("", "runc", "runsc"):
+        with pytest.raises(RuntimeRefused) as exc:
+            runtime.resolve(setting, info(default="runsc", runsc=HOSTINET))
+        assert "default runtime is 'runsc'" in str(exc.value)
+
+
+@pytest.mark.parametrize("value", ["run sc", "-runsc", "runsc;rm", "runsc\n", " runsc"])
+def test_bad_runtime_names_are_refused_when_set(value):
+    with pytest.raises(InvalidSetting) as exc:
+        AWFProvisioner(runtime=value)
+    assert "runtime" in str(exc.value)
+
+
+def test_runtime_reaches_the_kernel_container_only():
+    s = podspec.PodSettings(kernel_id="k1", proxy_image="p", kernel_image="k", kernel_cmd=("python3",),
+                            kernel_ports=(1, 2, 3, 4, 5), network="bridge", uid=1000, gid=1000,
+                            connection_dir="/c", audit_dir="/a", runtime="runsc")
+    assert podspec.kernel_create_kwargs(s, "proxyid")["runtime"] == "runsc"
+    assert "runtime" not in podspec.proxy_create_kwargs(s)
+    assert "runtime" not in podspec.firewall_create_kwargs(s, "proxyid", {})
+    default = podspec.PodSettings(**{**s.__dict__, "runtime": ""})
+    assert "runtime" not in podspec.kernel_create_kwargs(default, "proxyid")
+    assert AWFProvisioner().runtime == ""
