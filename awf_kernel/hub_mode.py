@@ -24,7 +24,7 @@ ADMIN_SETTINGS = (
     "allow_domains", "block_domains", "domain_ceiling", "allow_private_destinations", "proxy_image",
     "egress_network", "dns_servers", "kernel_uid", "kernel_gid", "mem_limit", "cpu_limit", "pids_limit",
     "mount_workdir", "extra_mounts", "env_allowlist", "audit_dir", "cell_notices", "allow_record_mode",
-    "read_only_image", "tmp_size", "deny_write", "deny_read", "startup_timeout", "kernel_cmd",
+    "read_only_image", "tmp_size", "deny_write", "deny_read", "startup_timeout", "kernel_cmd", "runtime",
 )
 
 

@@ -13,6 +13,9 @@ SAFETY_NET_INPUTS=(docker0 br-+ awft+)
 POOL_PASS=(tests/integration/test_attacks.py tests/integration/test_hardening.py
            tests/integration/test_conformance.py tests/integration/test_live_policy.py
            tests/integration/test_lifecycle.py tests/integration/test_default_path.py)
+GVISOR_PASS=(tests/integration/test_attacks.py tests/integration/test_hardening.py
+             tests/integration/test_lifecycle.py tests/integration/test_conformance.py
+             tests/integration/test_runtime.py)
 
 safety_net() {
   # Belt and braces while tests run: nothing from a Docker bridge (the default
@@ -76,6 +79,10 @@ main() {
     # pool pod (AWFProvisioner.pool_size): pooled pods must hold the same way.
     log "second pass: the security and conformance suites with the warm pool (AWF_TEST_POOL_SIZE=1)"
     AWF_TEST_POOL_SIZE=1 python3 -m pytest "${POOL_PASS[@]}" || rc=$?
+    # And again with every kernel under gVisor (scripts/setup.sh registers
+    # `runsc` with --network=host), judged by the same test internet.
+    log "third pass: the security, lifecycle and conformance suites under gVisor (AWF_TEST_RUNTIME=runsc)"
+    AWF_TEST_RUNTIME=runsc python3 -m pytest "${GVISOR_PASS[@]}" || rc=$?
   fi
   log "checking for leftover sandbox resources"
   awf-kernel gc --dry-run
