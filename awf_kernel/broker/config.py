@@ -38,7 +38,7 @@ OVERRIDABLE = (
     "allow_domains", "block_domains", "domain_ceiling", "image", "allowed_images", "kernel_cmd",
     "egress_network", "dns_servers", "allow_private_destinations", "mem_limit", "cpu_limit",
     "pids_limit", "read_only_image", "tmp_size", "deny_write", "deny_read", "cell_notices",
-    "allow_record_mode", "startup_timeout", "kernels_per_user", "notebook_roots",
+    "allow_record_mode", "startup_timeout", "kernels_per_user", "notebook_roots", "kernel_runtime",
 )
 _OVERRIDE_KEY = re.compile(r"(user|group):[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _DOCKER_SIZE = re.compile(r"[1-9][0-9]{0,15}[bkmgBKMG]?")
@@ -94,6 +94,11 @@ class BrokerConfig(Configurable):
     read_only_image = Bool(True, config=True, help="""
         The kernel's image is read-only; /tmp (also HOME) is a tmpfs of `tmp_size`.""")
     tmp_size = Unicode("512m", config=True, help="Size of the kernel's /tmp (Docker syntax, '' = no limit).")
+    kernel_runtime = Unicode("", config=True, help="""
+        Docker runtime of each kernel container ('' = the engine's default; the
+        single-user server's AWFProvisioner.runtime). gVisor only when
+        registered with `"runtimeArgs": ["--network=host"]`; a runtime under
+        which the pod's rules would not hold is refused (awf_kernel.runtime).""")
     deny_write = List(Unicode(), [], config=True, help="""
         Paths added to the mandatory list a kernel may not change in its
         writable folder (`~/x`: in the user's home, `/abs`, or `rel` in the folder).""")
@@ -170,6 +175,12 @@ class BrokerConfig(Configurable):
             if not _IMAGE.fullmatch(name):
                 raise TraitError(f"BrokerConfig.{proposal['trait'].name}: {name!r} is not an image name")
         return value
+
+    @validate("kernel_runtime")
+    def _valid_kernel_runtime(self, proposal):
+        if proposal["value"] and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}", proposal["value"]):
+            raise TraitError(f"BrokerConfig.kernel_runtime: {proposal['value']!r} is not a Docker runtime name")
+        return proposal["value"]
 
     @validate("egress_network")
     def _valid_network(self, proposal):

@@ -23,7 +23,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 
-from .. import naming
+from .. import naming, runtime
 from ..errors import AWFError, ImageMissing, NetworkMissing
 from ..policy import Policy, PolicyRequest, parse_domains, resolve_policy
 from ..render import pod as podspec
@@ -239,7 +239,7 @@ def pod_settings(cfg: BrokerConfig, req: StartRequest, user: User, *, image: str
         mem_limit=cfg.mem_limit or None, cpu_limit=cfg.cpu_limit or None, pids_limit=cfg.pids_limit or None,
         server=server_label(cfg), addons_dir=str(ADDONS_DIR) if cfg.cell_notices else None,
         dns_servers=tuple(cfg.dns_servers), read_only_image=cfg.read_only_image, tmp_size=cfg.tmp_size or None,
-        owner_uid=user.uid)
+        owner_uid=user.uid, runtime=cfg.kernel_runtime)
 
 
 # --- side effects -----------------------------------------------------------------------------------
@@ -363,6 +363,7 @@ def start(req: StartRequest, user: User, cfg: BrokerConfig,
     except (ImageMissing, NetworkMissing) as exc:
         raise AWFError(exc.message, hint="the broker's operator can fix this: `awf-kernel build`, or "
                                          "BrokerConfig.image / proxy_image / egress_network") from None
+    runtime.check(cfg.kernel_runtime)  # missing or refused: before anything is made
     paths = paths_for(cfg, kid, user.uid)
     if os.path.lexists(paths.state_dir) or audit_owner(paths) not in (None, user.uid):
         # another kernel's files (another user's audit trail) are never taken over

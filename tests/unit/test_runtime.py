@@ -106,3 +106,54 @@ def test_runtime_reaches_the_kernel_container_only():
     default = podspec.PodSettings(**{**s.__dict__, "runtime": ""})
     assert "runtime" not in podspec.kernel_create_kwargs(default, "proxyid")
     assert AWFProvisioner().runtime == ""
+
+
+def test_the_broker_passes_its_kernel_runtime_and_checks_names():
+    """Hub mode: BrokerConfig.kernel_runtime (the broker checks it at each start, as the provisioner does)."""
+    from traitlets import TraitError
+
+    from tests.unit.test_broker_launch import KID, USER, _req
+
+    from awf_kernel.broker import launch
+    from awf_kernel.broker.config import BrokerConfig
+
+    with pytest.raises(TraitError, match="kernel_runtime"):
+        BrokerConfig(kernel_runtime="run sc")
+    cfg = BrokerConfig(kernel_runtime="runsc")
+    s = launch.pod_settings(cfg, _req(), USER, image=cfg.image, network="bridge",
+                            paths=launch.paths_for(cfg, KID, USER.uid), workdir="/home/alice", mounts=())
+    assert s.runtime == "runsc" and podspec.kernel_create_kwargs(s, "proxyid")["runtime"] == "runsc"
+
+
+class _FakeEngine:
+    """`docker info` and `containers.run` of a client, for `doctor_check`."""
+
+    def __init__(self, info, output=b"gVisor: Linux version 4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016"):
+        self._info, self.runs = info, []
+        self.containers = self
+        self._output = output
+
+    def info(self):
+        return self._info
+
+    def run(self, image, command, **kw):
+        self.runs.append((image, kw))
+        return self._output
+
+
+def test_doctor_checks_registration_decision_and_a_real_start():
+    ok, detail, fix = runtime.doctor_check(_FakeEngine(info()), "", "img", "bridge")
+    assert ok and "engine default 'runc'" in detail
+    engine = _FakeEngine(info(runsc=PLAIN))
+    ok, detail, fix = runtime.doctor_check(engine, "runsc", "img", "bridge")
+    assert not ok and "own network stack" in detail and "--network=host" in fix
+    assert engine.runs == []  # a refused gVisor is never started: a failed start leaves its processes behind
+    engine = _FakeEngine(info(runsc=HOSTINET))
+    ok, detail, _ = runtime.doctor_check(engine, "runsc", "img", "bridge")
+    assert ok and "gVisor" in detail
+    assert engine.runs[0][1]["runtime"] == "runsc" and engine.runs[0][1]["network"] == "bridge"
+    ok, detail, _ = runtime.doctor_check(_FakeEngine(info(runsc=HOSTINET), output=b"Linux version 6.1"),
+                                         "runsc", "img", "bridge")
+    assert not ok and "does not run under gVisor" in detail
+    ok, detail, fix = runtime.doctor_check(_FakeEngine(info()), "runsc", "img", "bridge")
+    assert not ok and "not registered" in detail and "daemon.json" in fix
