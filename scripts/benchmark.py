@@ -809,8 +809,9 @@ def main(argv=None) -> int:
     report = build_report(S, result, args, pooled, settings_extra)
     result["figures"] = report.json()
     result["samples"] = {s: dict(v) for s, v in S.items()}
-    result["breakdown"] = {label: [{"step": n, "local": lv, "awf": av} for n, lv, av in breakdown(S, label)]
-                           for label in ("bridge", "internal") if S[label].get("start to first reply")}
+    result["breakdown"] = {what: {label: [{"step": n.strip(), "local": lv, "awf": av} for n, lv, av in fn(S, label)]
+                                  for label in ("bridge", "internal") if S[label].get("start to first reply")}
+                           for what, fn in BREAKDOWNS}
     print(render_text(report, result, args, notes), file=out)
     if args.markdown:
         pathlib.Path(args.markdown).write_text(render_markdown(report, result, args, notes))
