@@ -178,9 +178,13 @@ def probe(client, name: str, image: str, network: str) -> tuple[bool, str]:
     accepted: a gVisor start that fails can leave its sandbox processes behind."""
     from docker.errors import APIError, ContainerError, ImageNotFound
 
-    code = ("import subprocess; v = open('/proc/version').read().strip(); "
-            "d = subprocess.run(['dmesg'], capture_output=True, text=True).stdout; "
-            "print(('gVisor: ' if 'gVisor' in d else '') + v[:60])")
+    # gVisor's network mode shows in a raw socket's error: --network=host has no
+    # raw sockets at all (EAFNOSUPPORT), its own stack refuses them (EPERM) as runc does.
+    code = ("import socket, subprocess; v = open('/proc/version').read().strip(); "
+            "d = subprocess.run(['dmesg'], capture_output=True, text=True).stdout\n"
+            "try:\n socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); n = 'raw'\n"
+            "except OSError as e:\n n = 'host' if e.errno == 97 else 'own'\n"
+            "print(('gVisor (network: ' + n + '): ' if 'gVisor' in d else '') + v[:60])")
     try:
         out = client.containers.run(image, ["python3", "-c", code], entrypoint=[""], runtime=name or None,
                                     network=network, cap_drop=["ALL"], security_opt=["no-new-privileges"],
@@ -209,4 +213,7 @@ def doctor_check(client, name: str, image: str, network: str) -> tuple[bool, str
     if rt.gvisor and not seen.startswith("gVisor"):
         return False, f"runtime '{name}' looks like gVisor but its container does not run under gVisor ({seen})", \
             f"check the path the engine runs for '{name}' (`docker info`)"
+    if rt.gvisor and not seen.startswith("gVisor (network: host)"):
+        return False, f"runtime '{name}' is registered with --network=host, but its container runs gVisor with " \
+            f"another network mode ({seen})", gvisor_fix(name) + "; check what the runtime's path runs"
     return True, f"'{name}' starts containers ({seen})", ""

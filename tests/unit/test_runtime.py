@@ -128,7 +128,7 @@ def test_the_broker_passes_its_kernel_runtime_and_checks_names():
 class _FakeEngine:
     """`docker info` and `containers.run` of a client, for `doctor_check`."""
 
-    def __init__(self, info, output=b"gVisor: Linux version 4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016"):
+    def __init__(self, info, output=b"gVisor (network: host): Linux version 4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016"):
         self._info, self.runs = info, []
         self.containers = self
         self._output = output
@@ -155,5 +155,8 @@ def test_doctor_checks_registration_decision_and_a_real_start():
     ok, detail, _ = runtime.doctor_check(_FakeEngine(info(runsc=HOSTINET), output=b"Linux version 6.1"),
                                          "runsc", "img", "bridge")
     assert not ok and "does not run under gVisor" in detail
+    ok, detail, _ = runtime.doctor_check(_FakeEngine(info(runsc=HOSTINET), output=b"gVisor (network: own): Linux"),
+                                         "runsc", "img", "bridge")
+    assert not ok and "another network mode" in detail
     ok, detail, fix = runtime.doctor_check(_FakeEngine(info()), "runsc", "img", "bridge")
     assert not ok and "not registered" in detail and "daemon.json" in fix
