@@ -45,6 +45,7 @@ from .sandbox.pool import POOL, ReadyPod
 
 ADDONS_DIR = pathlib.Path(__file__).parent / "kernel_side"
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
+POOL_REFILL_DELAY = 3.0  # seconds: about a kernel's boot on a busy 2-core machine
 # A size both Docker's mem_limit and a tmpfs `size=` read alike: bytes, or a number and k/m/g.
 _DOCKER_SIZE = re.compile(r"[0-9]+[kmgKMG]?")
 # Host directories that must never be shared into a kernel as its working
@@ -429,7 +430,10 @@ class AWFProvisioner(KernelProvisionerBase):
                     setattr(km, name, port)
                 self.ports_cached = True  # returned to the cache when the kernel ends
                 self._claimed = ready
-        POOL.fill(key, self.pool_size, lambda: self._make_pool_pod(egress), _discard_pool_pod)
+        # After a claim, the refill waits until the claimed kernel has booted (it
+        # would take the CPU from it); after a cold start, it begins at once.
+        POOL.fill(key, self.pool_size, lambda: self._make_pool_pod(egress), _discard_pool_pod,
+                  delay=POOL_REFILL_DELAY if self._claimed is not None else 0.0)
 
     def _make_pool_pod(self, egress: sandbox.EgressNetwork) -> ReadyPod:
         """One pod with its proxy side up and a deny-all policy (runs in the pool's thread)."""

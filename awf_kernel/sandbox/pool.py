@@ -43,6 +43,7 @@ class Pool:
         self._discard: dict[Hashable, Callable[[ReadyPod], None]] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._wake = threading.Event()  # set when the pool closes: a delayed filler stops waiting
         atexit.register(self.close)
 
     def take(self, key: Hashable) -> ReadyPod | None:
@@ -60,15 +61,17 @@ class Pool:
             self._remove(key, ready)
 
     def fill(self, key: Hashable, size: int, make: Callable[[], ReadyPod],
-             discard: Callable[[ReadyPod], None]) -> None:
-        """Top the pool up to `size` in the background (one filler per key)."""
+             discard: Callable[[ReadyPod], None], delay: float = 0.0) -> None:
+        """Top the pool up to `size` in the background (one filler per key),
+        after `delay` seconds: a refill right after a claim would take the
+        CPU from the claimed kernel while it boots."""
         if size <= 0:
             return
         with self._lock:
             if self._closed or (key in self._fillers and self._fillers[key].is_alive()):
                 return
             self._discard[key] = discard
-            thread = threading.Thread(target=self._fill, args=(key, size, make), daemon=True,
+            thread = threading.Thread(target=self._fill, args=(key, size, make, delay), daemon=True,
                                       name="awf-kernel-pool")
             self._fillers[key] = thread
         thread.start()
@@ -85,7 +88,9 @@ class Pool:
             thread.join(timeout)
         return self.ready_count(key)
 
-    def _fill(self, key: Hashable, size: int, make: Callable[[], ReadyPod]) -> None:
+    def _fill(self, key: Hashable, size: int, make: Callable[[], ReadyPod], delay: float = 0.0) -> None:
+        if delay > 0 and self._wake.wait(delay):
+            return  # closed meanwhile
         while True:
             with self._lock:
                 if self._closed or len(self._ready.get(key) or []) >= size:
@@ -116,6 +121,7 @@ class Pool:
         with self._lock:
             self._closed = True
             fillers = list(self._fillers.values())
+        self._wake.set()
         for thread in fillers:
             thread.join(timeout)
         with self._lock:
@@ -128,6 +134,7 @@ class Pool:
         """After close (tests): accept fills again."""
         with self._lock:
             self._closed = False
+            self._wake = threading.Event()
 
 
 POOL = Pool()

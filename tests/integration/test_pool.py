@@ -31,12 +31,24 @@ def own_pool():
     POOL.reopen()
 
 
-def _ready_pool_proxies(docker_client, server: str | None = None) -> list:
-    found = docker_client.containers.list(all=True, filters={"label": [naming.POOL, f"{naming.ROLE}=proxy"]})
-    claimed = {c.labels.get(naming.POD) for c in docker_client.containers.list(
+ME = f"{socket.gethostname()}:{os.getpid()}"  # this process is the server of the pools it fills
+
+
+def _ready_pool_proxies(docker_client, server: str = ME) -> list:
+    """This server's unclaimed pool pods' proxies (one listing call: no
+    per-container inspect that a pod removed meanwhile would fail)."""
+    found = docker_client.api.containers(all=True, filters={"label": [naming.POOL, f"{naming.ROLE}=proxy",
+                                                                     f"{naming.SERVER}={server}"]})
+    claimed = {(c.get("Labels") or {}).get(naming.POD) for c in docker_client.api.containers(
         all=True, filters={"label": [naming.POD]})}
-    return [c for c in found if c.labels[naming.KERNEL_ID] not in claimed
-            and (server is None or c.labels.get(naming.SERVER) == server)]
+    return [docker_client.containers.get(c["Id"]) for c in found
+            if (c.get("Labels") or {}).get(naming.KERNEL_ID) not in claimed]
+
+
+def _pool_ready() -> bool:
+    """This process's pool holds a ready pod (after a claim it refills with a delay)."""
+    with POOL._lock:
+        return any(POOL._ready.values())
 
 
 def _wait(predicate, timeout=60.0):
@@ -63,7 +75,7 @@ def _config(container) -> dict:
 def test_a_pooled_kernel_is_exactly_a_cold_kernel(start_kernel, docker_client, testnet):
     cold = start_kernel(policy={"allow_domains": ALLOW}, settings={"pool_size": 0})
     warm_up = start_kernel(policy={"allow_domains": ALLOW}, settings=POOLED)  # fills the pool
-    assert _wait(lambda: _ready_pool_proxies(docker_client)), "the pool did not fill"
+    assert _wait(_pool_ready), "the pool did not fill"
     pooled = start_kernel(policy={"allow_domains": ALLOW}, settings=POOLED)
     assert pooled.km.provisioner._pod_id, "the second pooled start should have claimed a pool pod"
     assert "pool claim" in pooled.km.provisioner.pod.timings
@@ -92,7 +104,7 @@ def test_a_pooled_kernel_is_exactly_a_cold_kernel(start_kernel, docker_client, t
 
 def test_a_pool_pod_allows_nothing_until_claimed(start_kernel, docker_client, testnet):
     start_kernel(policy={"allow_domains": ALLOW}, settings=POOLED)
-    assert _wait(lambda: _ready_pool_proxies(docker_client)), "the pool did not fill"
+    assert _wait(_pool_ready), "the pool did not fill"
     proxy = _ready_pool_proxies(docker_client)[0]
     mark = testnet.mark()
     ask = ("import socket,struct; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(3);"
@@ -109,13 +121,13 @@ def test_a_pool_pod_allows_nothing_until_claimed(start_kernel, docker_client, te
 
 def test_a_pool_pod_is_never_reused(start_kernel, docker_client):
     first = start_kernel(policy={"allow_domains": ALLOW}, settings=POOLED)
-    assert _wait(lambda: _ready_pool_proxies(docker_client))
+    assert _wait(_pool_ready)
     second = start_kernel(policy={"allow_domains": ALLOW}, settings=POOLED)
     pod_id = second.km.provisioner._pod_id
     proxy_id = second.km.provisioner.pod.proxy_id
     second.shutdown()
     assert docker_client.containers.list(all=True, filters=naming.kernel_filter(pod_id)) == []
-    assert _wait(lambda: _ready_pool_proxies(docker_client))
+    assert _wait(_pool_ready)
     third = start_kernel(policy={"allow_domains": ALLOW}, settings=POOLED)
     assert third.km.provisioner.pod.proxy_id != proxy_id and third.km.provisioner._pod_id != pod_id
     assert first.km.is_alive()
@@ -176,9 +188,8 @@ def test_gc_collects_the_pool_of_a_dead_server(spec_dir, docker_client, capsys):
 
 
 def test_gc_leaves_a_live_servers_pool_alone(start_kernel, docker_client, capsys):
-    me = f"{socket.gethostname()}:{os.getpid()}"  # this process is the live server
     start_kernel(policy={"allow_domains": ALLOW}, settings=POOLED)
-    assert _wait(lambda: _ready_pool_proxies(docker_client, me))
-    ready = {c.id for c in _ready_pool_proxies(docker_client, me)}
+    assert _wait(_pool_ready)
+    ready = {c.id for c in _ready_pool_proxies(docker_client)}
     assert main(["gc"]) == 0
     assert ready <= {c.id for c in docker_client.containers.list(all=True)}

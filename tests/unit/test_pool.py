@@ -75,3 +75,19 @@ def test_size_zero_disables_the_pool(engine):
     pool = Pool()
     pool.fill("k", 0, maker(), lambda r: None)
     assert pool.wait_filled("k") == 0
+
+
+def test_a_refill_after_a_claim_waits_and_a_closing_pool_cancels_it(engine):
+    pool, made = Pool(), []
+    make = maker()
+
+    def counted():
+        made.append(1)
+        return make()
+    pool.fill("k", 1, counted, lambda r: None, delay=0.5)
+    assert pool.ready_count("k") == 0 and made == []  # the claimed kernel boots first
+    assert pool.wait_filled("k") == 1
+    other = Pool()
+    other.fill("k", 1, counted, lambda r: None, delay=30)
+    other.close(timeout=5)  # returns at once: the waiting filler is woken and makes nothing
+    assert len(made) == 1
