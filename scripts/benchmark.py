@@ -735,45 +735,61 @@ def main(argv=None) -> int:
                 for setup in order:
                     say(f"run {i + 1}/{args.runs}: {setup} ...")
                     r = S[setup]
-                    settle(args.pool_settle)
-                    km, kc, rec = start(specs[setup], ksm, env_for(setup))
-                    for k in ("start to first reply", "start_kernel call", "wait_for_ready", "first execute"):
-                        r[k].append(rec[k])
-                    r["pod timings"].append(rec["pod"])
-                    r["start phases"].append(rec["phases"])
-                    settle(args.pool_settle)  # the pool's refill after a claim is not part of what follows
-                    r["execute round trip (ms)"].append(round_trip(kc, 30) * 1000)
-                    mem = local_memory(km) if setup == "local" else pod_memory(client, km)
-                    r["memory idle"].append(mem)
-                    # HTTP: the local kernel goes straight to each test host's address; a pod by name, proxied.
-                    for path in ("internal", "bridge"):
-                        if hosts[path] is None or setup not in ("local", path):
-                            continue
-                        host, proxied = (hosts[path], False) if setup == "local" else ("allowed.test", True)
-                        r[f"http get ms {path}"].extend(http_get(kc, host, proxied, n_get))
-                        r[f"https get ms {path}"].extend(http_get(kc, host, proxied, n_get, "https"))
-                        r[f"download MB/s {path}"].append(download(kc, host, proxied))
-                        r[f"https download MB/s {path}"].append(download(kc, host, proxied, "https"))
-                    if setup != "local":
-                        r["memory after traffic"].append(pod_memory(client, km))
-                    settle(args.pool_settle)
-                    rr = restart(km, kc)
-                    for k, v in rr.items():
-                        r[k].append(v)
-                    # Again, with the notebook's policy changed: the new policy must be in force.
-                    rr = restart(km, kc, env=env_for(setup) if setup == "local" else env["awf changed"])
-                    for k, v in rr.items():
-                        r["changed policy: " + k].append(v)
-                    # (Checked where a test DNS answers: without the beyond host, the bridge has none.)
-                    if (setup != "local" and hosts[setup] is not None
-                            and run(kc, RESOLVES.format(name=NEW_NAME)).strip() != "yes"):
-                        notes.append(f"{setup}: after the restart with a changed policy, {NEW_NAME} "
-                                     "did not resolve: the new policy was not in force")
-                    dt, phases = shutdown(km, kc)
-                    r["shutdown"].append(dt)
-                    r["shutdown phases"].append(phases)
-                    if setup != "local":  # what shutdown left to do in the background, if anything
-                        r["pod removed after shutdown"].append(dt + wait_removals(60))
+                    km = kc = None
+                    try:
+                        settle(args.pool_settle)
+                        km, kc, rec = start(specs[setup], ksm, env_for(setup))
+                        for k in ("start to first reply", "start_kernel call", "wait_for_ready", "first execute"):
+                            r[k].append(rec[k])
+                        r["pod timings"].append(rec["pod"])
+                        r["start phases"].append(rec["phases"])
+                        settle(args.pool_settle)  # the pool's refill after a claim is not part of what follows
+                        r["execute round trip (ms)"].append(round_trip(kc, 30) * 1000)
+                        mem = local_memory(km) if setup == "local" else pod_memory(client, km)
+                        r["memory idle"].append(mem)
+                        # HTTP: the local kernel goes straight to each test host's address; a pod by name, proxied.
+                        for path in ("internal", "bridge"):
+                            if hosts[path] is None or setup not in ("local", path):
+                                continue
+                            host, proxied = (hosts[path], False) if setup == "local" else ("allowed.test", True)
+                            r[f"http get ms {path}"].extend(http_get(kc, host, proxied, n_get))
+                            r[f"https get ms {path}"].extend(http_get(kc, host, proxied, n_get, "https"))
+                            r[f"download MB/s {path}"].append(download(kc, host, proxied))
+                            r[f"https download MB/s {path}"].append(download(kc, host, proxied, "https"))
+                        if setup != "local":
+                            r["memory after traffic"].append(pod_memory(client, km))
+                        settle(args.pool_settle)
+                        rr = restart(km, kc)
+                        for k, v in rr.items():
+                            r[k].append(v)
+                        # Again, with the notebook's policy changed: the new policy must be in force.
+                        rr = restart(km, kc, env=env_for(setup) if setup == "local" else env["awf changed"])
+                        for k, v in rr.items():
+                            r["changed policy: " + k].append(v)
+                        # (Checked where a test DNS answers: without the beyond host, the bridge has none.)
+                        if (setup != "local" and hosts[setup] is not None
+                                and run(kc, RESOLVES.format(name=NEW_NAME)).strip() != "yes"):
+                            notes.append(f"{setup}: after the restart with a changed policy, {NEW_NAME} "
+                                         "did not resolve: the new policy was not in force")
+                        dt, phases = shutdown(km, kc)
+                        r["shutdown"].append(dt)
+                        r["shutdown phases"].append(phases)
+                        if setup != "local":  # what shutdown left to do in the background, if anything
+                            r["pod removed after shutdown"].append(dt + wait_removals(60))
+                    except Exception as exc:  # noqa: BLE001 - one failed kernel is a finding, not the end of the run
+                        pod = diagnose(km) if km is not None else {}
+                        r["failures"].append({"error": f"{type(exc).__name__}: {exc}", "pod": pod})
+                        notes.append(f"run {i + 1}, {setup}: {type(exc).__name__}: {exc}" + "".join(
+                            f"; {role} {d.get('Status')} exit {d.get('ExitCode')}: "
+                            f"{(d.get('logs') or '').strip()[-200:]!r}" for role, d in pod.items()))
+                        say(f"  failed: {type(exc).__name__}: {exc}")
+                        if kc is not None:
+                            with contextlib.suppress(Exception):
+                                kc.stop_channels()
+                        if km is not None and km in LIVE:
+                            with contextlib.suppress(Exception):
+                                km.shutdown_kernel(now=True)
+                            LIVE.remove(km)
 
             say("import time of ipykernel.kernelapp, local and in the kernel image ...")
             image = AWFProvisioner().image
@@ -847,6 +863,9 @@ def build_report(S, result, args, pooled, settings_extra) -> Report:
     for label, a in (("bridge", B), ("internal", Int)):
         rep.add(f"shutdown (shutdown_kernel), {label} (s)", med(L["shutdown"]), med(a["shutdown"]),
                 "<= 0.3 s", "max", 0.3)
+    for label, a in (("bridge", B), ("internal", Int)):
+        rep.add(f"kernels that failed during the {args.runs} runs, {label} (start to shutdown)",
+                len(L["failures"]), len(a["failures"]), "0 failed", "count", 0, fmt="{:d}")
     for label, a in (("bridge", B), ("internal", Int)):
         rep.add(f"shutdown until its pod is removed, {label} (s)", None, med(a["pod removed after shutdown"]),
                 "report", "info")
