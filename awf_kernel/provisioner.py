@@ -1032,9 +1032,7 @@ class AWFProvisioner(KernelProvisionerBase):
 
     def _return_ports(self) -> None:
         if self.ports_cached:
-            lpc = LocalPortCache.instance()
-            for port in self._kernel_ports():
-                lpc.return_port(port)
+            _return_ports(self._kernel_ports())
             self.ports_cached = False
 
     def _discard_empty_audit_dir(self) -> None:

@@ -172,12 +172,7 @@ def change_policy(cfg: BrokerConfig, rec: KernelRecord, request: PolicyRequest |
             sandbox.signal_container(rec.kernel_container_id, 9)
         raise
     paths = paths_for(cfg, rec.kernel_id, rec.owner_uid)
-    meta = audit_meta(rec.kernel_id, rec.owner_uid, rec.notebook, policy, ceiling, request)
-    tmp = os.path.join(paths.audit_dir, f".policy.json.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with open(fd, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, os.path.join(paths.audit_dir, "policy.json"))
+    write_policy_json(paths, audit_meta(rec.kernel_id, rec.owner_uid, rec.notebook, policy, ceiling, request))
     change = {"kind": "policy", "time": time.time(), "kernel_id": rec.kernel_id, "source": "broker",
               "generation": generation, "policy": policy.to_json()}
     fd = os.open(os.path.join(paths.audit_dir, "policy-changes.jsonl"),
@@ -297,6 +292,11 @@ def make_audit_dir(paths: KernelPaths, user: User, meta: dict) -> None:
         os.chmod(paths.audit_dir, 0o750)
     else:
         os.chmod(paths.audit_dir, 0o777)
+    write_policy_json(paths, meta)
+
+
+def write_policy_json(paths: KernelPaths, meta: dict) -> None:
+    """policy.json, replaced whole (the kernel's notices read it)."""
     tmp = os.path.join(paths.audit_dir, f".policy.json.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with open(fd, "w") as f:

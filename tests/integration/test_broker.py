@@ -368,6 +368,16 @@ def kernel_ids(user: User, url: str) -> list[str]:
 
 
 POLICY = {"allow_domains": ["allowed.test", "*.allowed.test"]}
+# Kernel code: get(url) -> the HTTP status, or the exception's name.
+GET_IN_KERNEL = textwrap.dedent("""
+    import json, urllib.request
+    def get(url):
+        try:
+            with urllib.request.urlopen(url, timeout=15) as r:
+                return r.status
+        except Exception as exc:
+            return type(exc).__name__
+""")
 
 
 @pytest.fixture(scope="module")
@@ -398,14 +408,8 @@ def test_kernel_runs_as_its_user_and_reaches_only_declared_hosts(broker, users, 
     mark = testnet.mark()
     kc = u1_kernel.client()
     try:
-        res = run_code(kc, f"""
-            import json, os, urllib.request
-            def get(url):
-                try:
-                    with urllib.request.urlopen(url, timeout=15) as r:
-                        return r.status
-                except Exception as exc:
-                    return type(exc).__name__
+        res = run_code(kc, GET_IN_KERNEL + textwrap.dedent(f"""
+            import os
             try:
                 open({u1_kernel.notebook!r}, "a").close()
                 nb_writable = True
@@ -415,7 +419,7 @@ def test_kernel_runs_as_its_user_and_reaches_only_declared_hosts(broker, users, 
             print(json.dumps({{"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "cwd": os.getcwd(),
                               "allowed": get("http://allowed.test/broker"), "blocked": get("http://blocked.test/broker"),
                               "nb_writable": nb_writable}}))
-        """)
+        """))
     finally:
         kc.stop_channels()
     assert (res["uid"], res["gid"]) == (u1.uid, u1.gid)
@@ -458,16 +462,7 @@ def test_live_policy_through_the_broker(broker, users, u1_kernel, testnet):
     in force in the running pod (no restart: the kernel's state survives)."""
     u1 = users[0]
     kc = u1_kernel.client()
-    fetch = """
-        import json, urllib.request
-        def get(url):
-            try:
-                with urllib.request.urlopen(url, timeout=15) as r:
-                    return r.status
-            except Exception as exc:
-                return type(exc).__name__
-        print(json.dumps({"other": get("http://other.test/live"), "state": globals().get("state")}))
-    """
+    fetch = GET_IN_KERNEL + 'print(json.dumps({"other": get("http://other.test/live"), "state": globals().get("state")}))\n'
     try:
         run_code(kc, "state = 'kept'; print(1)")
         mark = testnet.mark()
