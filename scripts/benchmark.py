@@ -2,7 +2,7 @@
 measured side by side in the same run on the same machine (issue 9's figures).
 
     python3 scripts/benchmark.py [--runs 5] [--pool-size N] [--skip-concurrent] [--quick]
-                                 [--json [FILE]] [--markdown FILE]
+                                 [--runtime NAME|none] [--json [FILE]] [--markdown FILE]
 
 Every figure is printed as figure | local | awf | ratio | goal | met?, then
 the breakdowns of a start, a restart and a shutdown (jupyter_client's steps and
@@ -16,6 +16,10 @@ the pod's), the kernel's import time and the ten-at-once details. `local` is the
             bridge figures are start/restart/shutdown only)
   internal  the proxy on the test internet's own `--internal` network, with
             the per-kernel ingress network a locked-down site gets
+  runtime   as internal, the kernel container under `--runtime` (default:
+            runsc, when the engine has it registered and the provisioner
+            accepts it): start to first execute reply and the execute round
+            trip, beside the engine's default runtime and the local kernel
 
 Traffic goes only to the test internets this script creates (tests/testnet:
 `allowed.test` and its address). Every kernel, pod and network it makes is
@@ -51,7 +55,8 @@ from jupyter_client.manager import AsyncKernelManager, KernelManager
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from awf_kernel import kernelspec, naming  # noqa: E402
+from awf_kernel import kernelspec, naming, runtime  # noqa: E402
+from awf_kernel.errors import AWFError  # noqa: E402
 from awf_kernel.provisioner import AWFProvisioner  # noqa: E402
 from awf_kernel.sandbox import docker as sandbox  # noqa: E402
 from tests.integration import testnet_fixtures as tf  # noqa: E402
@@ -62,6 +67,8 @@ DOWNLOAD_BYTES = 100 * MB
 CONCURRENT = 10
 READY_TIMEOUT = 120
 SETUPS = ("local", "bridge", "internal")  # local = plain ipykernel; the others are awf pods
+RUNTIME = "runtime"  # the samples of awf pods on the internal network under --runtime (e.g. runsc)
+GVISOR = "runsc"  # --runtime's default, when the engine and the provisioner accept it
 NOOP = lambda msg: None  # noqa: E731
 
 # Run inside a kernel. PROXIED: the sandbox's own way out (HTTP_PROXY, set in
@@ -279,6 +286,22 @@ def start(name: str, ksm, env) -> tuple[KernelManager, object, dict]:
     rec = {"start to first reply": t3 - t0, "start_kernel call": t1 - t0, "wait_for_ready": t2 - t1,
            "first execute": t3 - t2, "pod": pod_timings(km), "phases": dict(phases)}
     return km, kc, rec
+
+
+def start_and_round_trip(name: str, ksm, env, r, settle_s: float) -> tuple[KernelManager, object]:
+    """Once the machine has settled: a timed start to the first execute reply,
+    then (settled again: the pool's refill after a claim is in neither) the
+    execute round trip; recorded in r, one setup's samples. The running kernel
+    and its client, to measure more or shut down (scripts/benchmark_runtime.py too)."""
+    settle(settle_s)
+    km, kc, rec = start(name, ksm, env)
+    for k in ("start to first reply", "start_kernel call", "wait_for_ready", "first execute"):
+        r[k].append(rec[k])
+    r["pod timings"].append(rec["pod"])
+    r["start phases"].append(rec["phases"])
+    settle(settle_s)
+    r["execute round trip (ms)"].append(round_trip(kc, 30) * 1000)
+    return km, kc
 
 
 def pod_timings(km) -> dict[str, float]:
@@ -624,6 +647,10 @@ def parse_args(argv=None):
                     help="at most this many seconds waiting, before each timed start, for the warm pool to "
                          "refill and background pod removals to end (default 30)")
     ap.add_argument("--skip-concurrent", action="store_true", help="skip the ten-kernels-at-once figure")
+    ap.add_argument("--runtime", metavar="NAME",
+                    help=f"also measure start and execute with the kernel container under this Docker runtime "
+                         f"(internal network), beside the engine's default; `none`: skip. Default: {GVISOR} when "
+                         "the engine has it registered and the provisioner accepts it, else none (with a note)")
     ap.add_argument("--quick", action="store_true",
                     help="fewer samples: 2 runs, 20 GETs per sample, ten-at-once on the internal network only")
     ap.add_argument("--json", nargs="?", const="-", metavar="FILE",
@@ -641,13 +668,42 @@ def parse_args(argv=None):
     return args
 
 
+def runtime_choice(asked: str | None, info: dict, has_setting: bool) -> tuple[str | None, str | None]:
+    """Which kernel runtime to measure beside the engine's default: (its name or
+    None, a note on why none). asked: None (the default: runsc, when the engine
+    has it registered and the provisioner accepts it; else none, with a note),
+    "none", or a runtime name, which must be accepted (else AWFError). info:
+    `docker info`, as the provisioner's own check reads it."""
+    if asked == "none":
+        return None, None
+    name = asked or GVISOR
+    try:
+        if not has_setting:
+            raise AWFError(f"runtime '{name}': this AWFProvisioner has no `runtime` setting")
+        runtime.resolve(name, info)  # the provisioner's own check at kernel start
+    except AWFError as exc:
+        if asked:
+            raise
+        return None, f"runtime {name} not measured: {exc.message}"
+    return name, None
+
+
+def internal_settings(net, **extra) -> dict:
+    """Kernel spec settings of a pod on the test internet's `--internal` network
+    (net: tests/integration/testnet_fixtures.running_testnet), its web host opted
+    in as an admin opts in an intranet site."""
+    return {"egress_network": net.network, "dns_servers": [net.dns_ip],
+            "allow_private_destinations": [f"{net.ips['allowed.test']}/32"], **extra}
+
+
 def report_from_json(path: str, markdown: str | None) -> int:
     """The text (and Markdown) report of a saved run, rebuilt from its raw samples."""
     result = json.loads(pathlib.Path(path).read_text())
-    S = {s: defaultdict(list, result["samples"].get(s, {})) for s in SETUPS}
+    S = {s: defaultdict(list, result["samples"].get(s, {})) for s in (*SETUPS, RUNTIME)}
     args = argparse.Namespace(**result["args"])
     report = build_report(S, result, args, bool(result.get("pool_size")), {})
     result["samples"] = S
+    result["runtime_figures"] = runtime_rows(S, result)
     print(render_text(report, result, args, result.get("notes", [])))
     if markdown:
         pathlib.Path(markdown).write_text(render_markdown(report, result, args, result.get("notes", [])))
@@ -668,6 +724,15 @@ def main(argv=None) -> int:
     client = docker.from_env()
     notes: list[str] = []
     settings_extra: dict = {}
+    info = client.info()
+    try:  # a runtime asked for and refused: said before anything is made
+        rt_name, why = runtime_choice(args.runtime, info, "runtime" in AWFProvisioner.class_traits(config=True))
+    except AWFError as exc:
+        say(f"--runtime {args.runtime}: {exc}")
+        return 2
+    if why:
+        notes.append(why)
+    setups = SETUPS + ((RUNTIME,) if rt_name else ())
     has_pool = "pool_size" in AWFProvisioner.class_traits(config=True)
     if args.pool_size is not None:
         if has_pool:
@@ -678,10 +743,11 @@ def main(argv=None) -> int:
     result_pool = settings_extra.get("pool_size", AWFProvisioner().pool_size if has_pool else None)
     pooled = bool(result_pool)
     n_get = 20 if args.quick else 50
-    S: dict[str, dict[str, list]] = {s: defaultdict(list) for s in SETUPS}
+    S: dict[str, dict[str, list]] = {s: defaultdict(list) for s in setups}
     result: dict = {"machine": machine(), "args": vars(args), "notes": notes,
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "pool_size": result_pool}
+                    "pool_size": result_pool,
+                    "kernel_runtime": {"name": rt_name, "default": str(info.get("DefaultRuntime") or "runc")}}
     interrupted = False
     try:
         with contextlib.ExitStack() as stack:
@@ -701,9 +767,10 @@ def main(argv=None) -> int:
             # The benchmark's hundreds of kernels keep their audit trail here, not in the user's.
             settings_extra["audit_dir"] = f"{prefix}/audit"
             # The test internets are private networks: opt their web host in, as an admin opts in an intranet site.
-            kernelspec.install(prefix=prefix, name="awf-python", settings={
-                "egress_network": net.network, "dns_servers": [net.dns_ip],
-                "allow_private_destinations": [f"{net.ips['allowed.test']}/32"], **settings_extra})
+            kernelspec.install(prefix=prefix, name="awf-python", settings=internal_settings(net, **settings_extra))
+            if rt_name:  # the same, the kernel container under the runtime measured beside the default
+                kernelspec.install(prefix=prefix, name=f"awf-python-{rt_name}",
+                                   settings=internal_settings(net, runtime=rt_name, **settings_extra))
             # Without the beyond host, the bridge pods' resolver is pointed at the test DNS on the
             # internal network, which the bridge cannot reach: no name lookup ever leaves the machine.
             kernelspec.install(prefix=prefix, name="awf-python-bridge", settings={
@@ -713,7 +780,8 @@ def main(argv=None) -> int:
             # Runs first on the way out (LIFO): kernels and pods go before the networks they use.
             stack.callback(lambda: notes.extend(cleanup(client)))
             ksm = KernelSpecManager(kernel_dirs=[f"{prefix}/share/jupyter/kernels"] + KernelSpecManager().kernel_dirs)
-            specs = {"local": "python3", "bridge": "awf-python-bridge", "internal": "awf-python"}
+            specs = {"local": "python3", "bridge": "awf-python-bridge", "internal": "awf-python",
+                     RUNTIME: f"awf-python-{rt_name}"}
             base_env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
             base_env["LANG"] = "C.UTF-8"
             env = {"local": base_env,
@@ -726,25 +794,24 @@ def main(argv=None) -> int:
                 return env["local"] if setup == "local" else env["awf"]
 
             say("warm-up: one start of each kind (not counted; it also primes a warm pool) ...")
-            for setup in SETUPS:
+            for setup in setups:
                 km, kc, _ = start(specs[setup], ksm, env_for(setup))
                 shutdown(km, kc)
 
             for i in range(args.runs):
-                order = SETUPS[i % 3:] + SETUPS[:i % 3]  # rotate, so no setup always runs first
+                first = i % len(setups)
+                order = setups[first:] + setups[:first]  # rotate, so no setup always runs first
                 for setup in order:
-                    say(f"run {i + 1}/{args.runs}: {setup} ...")
+                    say(f"run {i + 1}/{args.runs}: {setup if setup != RUNTIME else f'internal, {rt_name}'} ...")
                     r = S[setup]
                     km = kc = None
                     try:
-                        settle(args.pool_settle)
-                        km, kc, rec = start(specs[setup], ksm, env_for(setup))
-                        for k in ("start to first reply", "start_kernel call", "wait_for_ready", "first execute"):
-                            r[k].append(rec[k])
-                        r["pod timings"].append(rec["pod"])
-                        r["start phases"].append(rec["phases"])
-                        settle(args.pool_settle)  # the pool's refill after a claim is not part of what follows
-                        r["execute round trip (ms)"].append(round_trip(kc, 30) * 1000)
+                        km, kc = start_and_round_trip(specs[setup], ksm, env_for(setup), r, args.pool_settle)
+                        if setup == RUNTIME:  # start and execute only: the rest are the default runtime's figures
+                            dt, phases = shutdown(km, kc)
+                            r["shutdown"].append(dt)
+                            r["pod removed after shutdown"].append(dt + wait_removals(60))
+                            continue
                         mem = local_memory(km) if setup == "local" else pod_memory(client, km)
                         r["memory idle"].append(mem)
                         # HTTP: the local kernel goes straight to each test host's address; a pod by name, proxied.
@@ -828,8 +895,9 @@ def main(argv=None) -> int:
     result["figures"] = report.json()
     result["samples"] = {s: dict(v) for s, v in S.items()}
     result["breakdown"] = {what: {label: [{"step": n.strip(), "local": lv, "awf": av} for n, lv, av in fn(S, label)]
-                                  for label in ("bridge", "internal") if S[label].get("start to first reply")}
+                                  for label in breakdown_labels(S, what)}
                            for what, fn in BREAKDOWNS}
+    result["runtime_figures"] = runtime_rows(S, result)
     print(render_text(report, result, args, notes), file=out)
     if args.markdown:
         pathlib.Path(args.markdown).write_text(render_markdown(report, result, args, notes))
@@ -851,9 +919,14 @@ def mem_med(samples: list[dict], container: str, key: str) -> float | None:
 def build_report(S, result, args, pooled, settings_extra) -> Report:
     rep = Report()
     L, B, Int = S["local"], S["bridge"], S["internal"]
+    rt = (result.get("kernel_runtime") or {}).get("name")
+    R = S.get(RUNTIME) if rt else None  # the kernel under --runtime; its ratios to the default: runtime_rows
     for label, a in (("bridge", B), ("internal", Int)):
         rep.add(f"start to first execute reply, {label} egress (s)", med(L["start to first reply"]),
                 med(a["start to first reply"]), "<= 1.2x", "ratio", 1.2)
+    if R is not None:
+        rep.add(f"start to first execute reply, internal egress, {rt} (s)", med(L["start to first reply"]),
+                med(R["start to first reply"]), "report", "info")
     for label, a in (("bridge", B), ("internal", Int)):
         rep.add(f"restart (restart_kernel + wait_for_ready), {label} (s)", med(L["restart"]),
                 med(a["restart"]), "<= 1.2x", "ratio", 1.2)
@@ -866,6 +939,9 @@ def build_report(S, result, args, pooled, settings_extra) -> Report:
     for label, a in (("bridge", B), ("internal", Int)):
         rep.add(f"kernels that failed during the {args.runs} runs, {label} (start to shutdown)",
                 len(L["failures"]), len(a["failures"]), "0 failed", "count", 0, fmt="{:d}")
+    if R is not None:
+        rep.add(f"kernels that failed during the {args.runs} runs, {rt} (start to shutdown)",
+                len(L["failures"]), len(R["failures"]), "0 failed", "count", 0, fmt="{:d}")
     for label, a in (("bridge", B), ("internal", Int)):
         rep.add(f"shutdown until its pod is removed, {label} (s)", None, med(a["pod removed after shutdown"]),
                 "report", "info")
@@ -906,6 +982,9 @@ def build_report(S, result, args, pooled, settings_extra) -> Report:
                 fmt="{:.0f}", ratio="%")
     rep.add("execute round trip (ms)", med(L["execute round trip (ms)"]), med(Int["execute round trip (ms)"]),
             "report", "info", fmt="{:.2f}")
+    if R is not None:
+        rep.add(f"execute round trip, {rt} (ms)", med(L["execute round trip (ms)"]),
+                med(R["execute round trip (ms)"]), "report", "info", fmt="{:.2f}")
     rep.add("import ipykernel.kernelapp (s; local vs kernel image)", med(L["import ipykernel.kernelapp"]),
             med(Int["import ipykernel.kernelapp"]), "report", "info")
     return rep
@@ -963,6 +1042,59 @@ BREAKDOWNS = (("start", breakdown), ("restart", restart_breakdown),
               ("shutdown", shutdown_breakdown))
 
 
+def breakdown_labels(S, what: str) -> list[str]:
+    """The awf setups with a column in a breakdown: the egress networks', and
+    in the start's, the kernel under --runtime (it is measured up to its execute round trip)."""
+    labels = [x for x in ("bridge", "internal") if S[x].get("start to first reply")]
+    if what == "start" and (S.get(RUNTIME) or {}).get("start to first reply"):
+        labels.append(RUNTIME)
+    return labels
+
+
+def column(label: str, result: dict) -> str:
+    """A breakdown column's name: the egress network, or the runtime measured beside the default."""
+    if label == RUNTIME:
+        return (result.get("kernel_runtime") or {}).get("name") or label
+    return label
+
+
+# The figures under --runtime, beside the engine's default runtime (both on the internal network):
+# (figure, sample key, format).
+RUNTIME_FIGURES = (("start to first execute reply (s)", "start to first reply", "{:.3f}"),
+                   ("execute round trip (ms)", "execute round trip (ms)", "{:.2f}"))
+
+
+def runtime_rows(S, result: dict) -> list[dict]:
+    """Each of RUNTIME_FIGURES: local, awf under the engine's default runtime and
+    under --runtime, and the ratios of the latter to the default and to local
+    (empty when no runtime was measured)."""
+    rt = result.get("kernel_runtime") or {}
+    R = S.get(RUNTIME) or {}
+    if not rt.get("name") or not R.get("start to first reply"):
+        return []
+    out = []
+    for figure, key, _ in RUNTIME_FIGURES:
+        loc, dflt, alt = med(S["local"].get(key)), med(S["internal"].get(key)), med(R.get(key))
+        out.append({"figure": figure, "local": loc, "default": dflt, "runtime": alt,
+                    "vs_default": alt / dflt if alt is not None and dflt else None,
+                    "vs_local": alt / loc if alt is not None and loc else None})
+    return out
+
+
+def runtime_table(result: dict) -> tuple[str, list[str], list[list[str]]]:
+    """(caption, header, cells) of the runtime comparison, for the text and Markdown reports."""
+    rt = result.get("kernel_runtime") or {}
+    name, default = rt.get("name"), rt.get("default") or "default"
+    rows = result.get("runtime_figures") or []
+    fmts = {f: fmt for f, _, fmt in RUNTIME_FIGURES}
+    cell = lambda v, fmt: "-" if v is None else fmt.format(v)  # noqa: E731
+    caption = f"kernel runtime: {name} beside the engine's default ({default}), awf on the internal network (medians)"
+    head = ["figure", "local", f"awf {default}", f"awf {name}", f"{name}/{default}", f"{name}/local"]
+    cells = [[r["figure"], *(cell(r[k], fmts.get(r["figure"], "{:.3f}")) for k in ("local", "default", "runtime")),
+              *(cell(r[k], "{:.2f}x") for k in ("vs_default", "vs_local"))] for r in rows]
+    return caption, head, cells
+
+
 def merged_steps(lists: list[list[str]]) -> list[str]:
     """The union of several ordered step lists, each new step placed after its predecessor."""
     out: list[str] = []
@@ -997,15 +1129,20 @@ def render_text(report: Report, result: dict, args, notes: list[str]) -> str:
              f"Linux {m.get('kernel')}, Docker {m.get('docker_server', '?')}; load average {load(m)}",
              "local = plain ipykernel (LocalProvisioner, `python3`); awf = sandboxed pod; ratio = awf/local", "",
              report.text(), ""]
-    labels = [x for x in ("bridge", "internal") if S[x].get("start to first reply")]
+    if result.get("runtime_figures"):
+        caption, head, cells = runtime_table(result)
+        widths = [max(len(x[i]) for x in [head, *cells]) for i in range(len(head))]
+        lines += [caption + ":", *("  " + "  ".join(x[i].ljust(widths[i]) if i == 0 else x[i].rjust(widths[i])
+                                                     for i in range(len(head))) for x in (head, *cells)), ""]
     for what, fn in BREAKDOWNS:
+        labels = breakdown_labels(S, what)
         if not labels:
-            break
+            continue
         rows = {x: fn(S, x) for x in labels}
         names = merged_steps([[r[0] for r in rows[x]] for x in labels])
         w = max(len(n) for n in names)
         lines.append(f"{what} breakdown (medians, s):")
-        lines.append(f"  {'':{w}}  {'local':>7}  " + "  ".join(f"{'awf ' + x:>12}" for x in labels))
+        lines.append(f"  {'':{w}}  {'local':>7}  " + "  ".join(f"{'awf ' + column(x, result):>12}" for x in labels))
         for name in names:
             loc = next((r[1] for x in labels for r in rows[x] if r[0] == name), None)
             vals = [next((f(r[2]) for r in rows[x] if r[0] == name), "-") for x in labels]
@@ -1045,14 +1182,18 @@ def render_markdown(report: Report, result: dict, args, notes: list[str]) -> str
            f"Docker {m.get('docker_server', '?')}; load average {load(m)}.", "",
            "| figure | local | awf | ratio | goal | met? |", "|---|--:|--:|--:|---|---|"]
     out += ["| " + " | ".join(c) + " |" for c in report.cells()]
-    labels = [x for x in ("bridge", "internal") if S[x].get("start to first reply")]
+    if result.get("runtime_figures"):
+        caption, head, cells = runtime_table(result)
+        out += ["", caption[0].upper() + caption[1:] + ":", "", "| " + " | ".join(head) + " |",
+                "|---|" + "--:|" * (len(head) - 1), *("| " + " | ".join(c) + " |" for c in cells)]
     for what, fn in BREAKDOWNS:
+        labels = breakdown_labels(S, what)
         if not labels:
-            break
+            continue
         rows = {x: fn(S, x) for x in labels}
         names = merged_steps([[r[0] for r in rows[x]] for x in labels])
         out += ["", f"{what.capitalize()} breakdown (medians, s):", "",
-                "| step | local | " + " | ".join(f"awf, {x}" for x in labels) + " |",
+                "| step | local | " + " | ".join(f"awf, {column(x, result)}" for x in labels) + " |",
                 "|---|--:|" + "--:|" * len(labels)]
         for name in names:
             loc = next((r[1] for x in labels for r in rows[x] if r[0] == name), None)
