@@ -11,8 +11,8 @@ pure-Python loop, with cold starts (no warm pool). For each runtime (the
 engine's default, then `--runtime`): kernel start to the first execute reply
 and the execute round trip, measured as scripts/benchmark.py measures them,
 then the workload. Prints figure | default | runtime | ratio. The runtime must
-be one the provisioner accepts (gVisor registered with --network=host:
-docs/architecture.md, "The kernel under gVisor"). Traffic goes only to the test
+be one the provisioner accepts (docs/architecture.md, "The kernel under
+gVisor"). Traffic goes only to the test
 internet this script creates; every kernel, pod and network it makes is removed
 at the end, also after an error or Ctrl-C.
 """

@@ -18,7 +18,8 @@ from tests.unit.test_benchmark import _samples as all_setups
 SCRIPTS = pathlib.Path(__file__).resolve().parents[2] / "scripts"
 RUNC = {"runc": {"path": "runc"}}
 GVISOR_HOST = {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=host"]}}
-GVISOR_NETSTACK = {"runsc": {"path": "/usr/bin/runsc"}}
+GVISOR_NO_NETWORK = {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}}
+KATA = {"kata": {"path": "/usr/bin/kata-runtime"}}
 
 
 def _load(name: str):
@@ -54,7 +55,7 @@ def test_runsc_is_measured_by_default_when_registered_with_the_host_network(benc
 
 @pytest.mark.parametrize("engine, has_setting, why", [
     (info(), True, "not registered"),
-    (info(**GVISOR_NETSTACK), True, "own network stack"),
+    (info(**GVISOR_NO_NETWORK), True, "--network=none"),
     (info(**GVISOR_HOST), False, "no `runtime` setting"),
 ])
 def test_by_default_a_runsc_the_provisioner_would_refuse_is_a_note_not_an_error(bench, engine, has_setting, why):
@@ -63,8 +64,10 @@ def test_by_default_a_runsc_the_provisioner_would_refuse_is_a_note_not_an_error(
 
 
 def test_a_runtime_asked_for_and_refused_is_an_error(bench):
-    with pytest.raises(AWFError, match="own network stack"):
-        bench.runtime_choice("runsc", info(**GVISOR_NETSTACK), True)
+    with pytest.raises(AWFError, match="--network=none"):
+        bench.runtime_choice("runsc", info(**GVISOR_NO_NETWORK), True)
+    with pytest.raises(AWFError, match="not a runtime awf-kernel knows"):
+        bench.runtime_choice("kata", info(**KATA), True)
     with pytest.raises(AWFError, match="not registered"):
         bench.runtime_choice("kata", info(**GVISOR_HOST), True)
     assert bench.parse_args(["--runtime", "none"]).runtime == "none"
