@@ -24,7 +24,7 @@ POOL = f"{LABEL_PREFIX}.pool"
 POD = f"{LABEL_PREFIX}.pod"
 POOL_ID_PREFIX = "pool-"
 
-ROLES = ("proxy", "firewall", "kernel", "ingress")
+ROLES = ("proxy", "firewall", "kernel", "ingress", "holder", "link")
 
 MAX_KERNEL_ID = 64
 _KERNEL_ID = re.compile(r"[A-Za-z0-9-]{1,%d}" % MAX_KERNEL_ID)  # fullmatch: "$" would admit "\n"

@@ -39,6 +39,7 @@ from .errors import InvalidSetting, PolicyError, SandboxStartError
 from .policy import DomainRule, Policy, PolicyRequest, parse_domains, resolve_policy
 from .render import pod as podspec, ports
 from .runtime import check as runtime_check
+from .runtime import routed as runtime_routed
 from .render.proxy_files import render_proxy_files
 from .sandbox import docker as sandbox
 from .sandbox.pool import POOL, ReadyPod
@@ -396,10 +397,12 @@ class AWFProvisioner(KernelProvisionerBase):
         self.log.info("awf-kernel %s: effective policy %s", self.kernel_id, json.dumps(resolved.policy.to_json()))
         await self._docker(sandbox.require_image, self.image, "image")
         await self._docker(sandbox.require_image, self.proxy_image, "proxy_image")
-        await self._docker(runtime_check, self.runtime)  # refused before any container exists
+        rt = await self._docker(runtime_check, self.runtime)  # refused before any container exists
+        self._routed = runtime_routed(rt)
         egress = await self._docker(sandbox.egress_network, self.egress_network)
 
-        if self._kept is None and self.pool_size > 0:
+        # A routed pod (render/link.py) is never made ahead: pool pods share the proxy's namespace.
+        if self._kept is None and self.pool_size > 0 and not self._routed:
             await self._claim_from_pool(egress)
         self._connection_file(launcher_env)
         self.plan = self.make_plan(launcher_env, cwd, resolved, egress)
@@ -622,6 +625,7 @@ class AWFProvisioner(KernelProvisionerBase):
     _claimed: ReadyPod | None = None   # the pool pod pre_launch took for this start
     _kept: sandbox.Pod | None = None   # a restart keeps the pod's proxy side: the pod without its kernel
     _pod_id: str | None = None         # the pool pod's id this kernel's containers run in, if any
+    _routed = False                    # the kernel's runtime has its own network stack (render/link.py)
     _kept_generation: str = ""         # the policy generation the kept proxy answers by
     _hub_policy: dict | None = None    # hub mode: the effective policy as the broker last reported it
     _generation: str = ""              # the policy files' generation the pod's proxy answers by
@@ -771,7 +775,7 @@ class AWFProvisioner(KernelProvisionerBase):
             sandbox.remove_pod(base.kernel_id)
             raise
         timings = {("pool claim" if claimed else "restart: policy"): time.perf_counter() - t}
-        return sandbox.start_kernel(settings, replace(base, timings=timings))
+        return sandbox.start_kernel(settings, replace(base, timings=timings), self.startup_timeout)
 
     def _remove_pod_now(self) -> None:
         """After a failed start: the pod, whatever it came from."""
@@ -808,6 +812,7 @@ class AWFProvisioner(KernelProvisionerBase):
             tmp_size=self.tmp_size or None,
             pod=self._pod_id,
             runtime=self.runtime,
+            routed=self._routed,
         )
         private = list(self.allow_private_destinations)
         files, self._generation = self._proxy_files(plan)
@@ -1057,7 +1062,8 @@ class AWFProvisioner(KernelProvisionerBase):
             info["awf_broker"] = self.broker
         if self.pod is not None:
             info["awf_pod"] = {"proxy": self.pod.proxy_id, "kernel": self.pod.kernel_id_container,
-                               "ingress": self.pod.ingress_network, "started": self.pod.started}
+                               "ingress": self.pod.ingress_network, "started": self.pod.started,
+                               "holder": self.pod.holder_id}
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict) -> None:
@@ -1066,7 +1072,7 @@ class AWFProvisioner(KernelProvisionerBase):
         pod = provisioner_info.get("awf_pod")
         if pod:
             self.pod = sandbox.Pod(self.kernel_id, pod["proxy"], pod["kernel"], pod.get("ingress"),
-                                   pod.get("started"))
+                                   pod.get("started"), holder_id=pod.get("holder"))
 
 
 def _discard_pool_pod(ready: ReadyPod) -> None:

@@ -10,22 +10,28 @@ the host kernel (runc, crun, youki), and for gVisor (`runsc`) with
 for as a host socket in the namespace. It does NOT hold for gVisor's default
 `--network=sandbox`: gVisor then runs its own network stack (netstack) inside
 the sandbox, takes over the namespace's interfaces through packet sockets and
-sends the kernel's packets past every rule (measured against the test
-internet: a blocked host, the canary on any port and DNS to any server were
-all reached; 127.0.0.1:3128 is gVisor's own loopback, so the proxy is
-unreachable). See docs/architecture.md, "The kernel under gVisor".
+sends the kernel's packets past every rule in a namespace it merely shares
+(measured against the test internet: a blocked host, the canary on any port
+and DNS to any server were all reached; 127.0.0.1:3128 is gVisor's own
+loopback). See docs/architecture.md, "The kernel under gVisor".
 
-So a runtime is accepted only when the engine's own registration shows it is
-one of those; anything else (gVisor's netstack, a gVisor shim whose flags live
-in a file the engine does not show, Kata's VM with its own kernel, a runtime
-we do not know) is refused at kernel start, before any container exists.
-Pure decisions here (`judge`); `check` asks the engine.
+So gVisor with any network mode but `host` and `none` gets the routed wiring
+(render/link.py): the kernel in a namespace of its own whose only way out is
+a link into the proxy's namespace, where the rules judge whatever arrives,
+whichever stack sent it. Host-kernel runtimes and gVisor with --network=host
+share the proxy's namespace as before. Refused at kernel start, before any
+container exists: gVisor with --network=none (no ports to talk to the
+kernel through), and runtimes we do not know (Kata's VM with its own kernel).
+Pure decisions here (`judge`, `routed`); `check` asks the engine.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import re
+import subprocess
 from dataclasses import dataclass
 
 from .errors import AWFError
@@ -33,10 +39,21 @@ from .errors import AWFError
 # Runtimes whose container processes use the host kernel directly (by the
 # basename of the binary the engine runs).
 HOST_KERNEL = ("runc", "crun", "youki")
-# The registration that keeps the pod's rules in force under gVisor.
-GVISOR_EXAMPLE = {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=host"]}}
+# gVisor's plain registration (its own network stack: the routed wiring).
+GVISOR_EXAMPLE = {"runsc": {"path": "/usr/bin/runsc"}}
 DAEMON_JSON = "/etc/docker/daemon.json"
 RELOAD = "`sudo kill -HUP $(pidof dockerd)` (or `sudo systemctl reload docker`)"
+
+
+# What a gVisor older than release-20240801 says on a host kernel >= 6.11 when
+# it would run its own network stack (gVisor issue 10704): it takes every
+# namespace for the root one. Debian 12's runsc (0.0~20221219) and even
+# bookworm-backports' (0.0~20240729) are that old.
+ROOT_NS_ERROR = "cannot run with network enabled in root network namespace"
+TOO_OLD_FIX = ("this gVisor is too old for the host's kernel (Linux >= 6.11; gVisor issue 10704): install gVisor "
+               "release-20240801 or later (gVisor's apt repository or release binaries, https://gvisor.dev/docs/"
+               "user_guide/install/), or register it with \"runtimeArgs\": [\"--network=host\"], which shares the "
+               "proxy's namespace instead (docs/architecture.md, \"The kernel under gVisor\")")
 
 
 class RuntimeMissing(AWFError):
@@ -106,37 +123,36 @@ def engine_runtimes(info: dict) -> tuple[dict[str, EngineRuntime], str]:
     return out, str(info.get("DefaultRuntime") or "runc")
 
 
+def routed(rt: EngineRuntime) -> bool:
+    """Whether a kernel under `rt` gets a namespace of its own routed through
+    the proxy (its packets may come from a network stack of its own) rather
+    than the proxy's namespace. gVisor registered as a shim keeps its network
+    mode where the engine does not show it: routed too, which holds whatever
+    the mode is."""
+    return rt.gvisor and rt.gvisor_network != "host"
+
+
 def judge(rt: EngineRuntime) -> str | None:
-    """None when the pod's rules see every packet of a container under `rt`;
-    otherwise why not (one sentence, for an error message)."""
+    """None when the pod's rules see every packet of a container under `rt`
+    (in the proxy's namespace, or routed through it); otherwise why not (one
+    sentence, for an error message)."""
     if rt.gvisor:
-        network = rt.gvisor_network
-        if network == "host":
-            return None
-        if rt.runtime_type and not rt.path:
-            return (f"'{rt.name}' is gVisor registered as a containerd shim ({rt.runtime_type}); its network mode "
-                    "lives in the shim's own config, which the engine does not show, so awf-kernel cannot tell "
-                    "whether the pod's rules would see the kernel's packets")
-        if network == "none":
+        if rt.gvisor_network == "none" and not (rt.runtime_type and not rt.path):
             return (f"'{rt.name}' is gVisor with --network=none: the kernel would have no network at all, not "
                     "even the published ports Jupyter talks to it through")
-        return (f"'{rt.name}' is gVisor with its own network stack (--network={network}): the kernel's packets "
-                "would leave through gVisor's netstack, past the pod's iptables rules and its proxy (measured: a "
-                "blocked host, other ports and DNS to any server were reached, and 127.0.0.1:3128 was gVisor's "
-                "own loopback, not the proxy)")
+        return None
     base = posixpath.basename(rt.path) if rt.path else (rt.name if not rt.runtime_type else "")
     if base in HOST_KERNEL or rt.runtime_type == "io.containerd.runc.v2":
         return None
     return (f"'{rt.name}' ({rt.path or rt.runtime_type or 'no path'}) is not a runtime awf-kernel knows to keep the "
             "pod's rules in force: they see the kernel's packets only when its sockets are the host kernel's, in the "
-            f"proxy's network namespace ({', '.join(HOST_KERNEL)}, or gVisor with --network=host)")
+            f"proxy's network namespace ({', '.join(HOST_KERNEL)}), or gVisor, whose kernel is routed through it")
 
 
 def gvisor_fix(name: str) -> str:
-    return (f"register gVisor with its host network mode in {DAEMON_JSON}: "
+    return (f"register gVisor with its own network stack (the default) in {DAEMON_JSON}: "
             f"{json.dumps({'runtimes': {name: GVISOR_EXAMPLE['runsc']}})} (merge with what is there), then reload "
-            f"the engine with {RELOAD}. Then every socket of the kernel is a host socket in the pod's namespace, "
-            "where the pod's rules apply (docs/architecture.md, \"The kernel under gVisor\")")
+            f"the engine with {RELOAD} (docs/architecture.md, \"The kernel under gVisor\")")
 
 
 def resolve(name: str, info: dict) -> EngineRuntime:
@@ -159,16 +175,57 @@ def resolve(name: str, info: dict) -> EngineRuntime:
     if why is not None:
         raise RuntimeRefused(
             f"runtime '{rt.name}' (setting runtime{'' if name else ': the engine default'}) is refused: {why}",
-            hint=gvisor_fix(rt.name) if rt.gvisor else
-            "set AWFProvisioner.runtime to runc, or to gVisor registered with --network=host")
+            hint=gvisor_fix(rt.name) if rt.gvisor else "set AWFProvisioner.runtime to runc or to gVisor (runsc)")
     return rt
 
 
+_RELEASE = re.compile(r"(?:release-|0\.0~)(\d{8})")
+FIXED_RELEASE = 20240801   # the first gVisor release whose own stack runs on Linux >= 6.11
+FIXED_KERNEL = (6, 11)
+
+
+def too_old_for_kernel(version_text: str, kernel_version: str) -> bool:
+    """Whether `runsc --version`'s text names a gVisor that cannot run its own
+    network stack on this host kernel (`docker info`'s KernelVersion). Only a
+    version we can read is judged: anything else is left to the start."""
+    m = _RELEASE.search(version_text or "")
+    k = re.match(r"(\d+)\.(\d+)", kernel_version or "")
+    if not m or not k:
+        return False
+    return int(m.group(1)) < FIXED_RELEASE and (int(k.group(1)), int(k.group(2))) >= FIXED_KERNEL
+
+
+def local_version(rt: EngineRuntime) -> str:
+    """`<path> --version` of a runtime the engine runs from a local path ('' when it cannot be asked)."""
+    if not rt.path.startswith("/") or not os.access(rt.path, os.X_OK):
+        return ""
+    try:
+        out = subprocess.run([rt.path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout
+
+
+def refuse_if_too_old(rt: EngineRuntime, info: dict, version: str) -> None:
+    """A routed gVisor too old for the host kernel fails only when its
+    container starts, and such a failed start leaves its sandbox processes
+    behind on the engine: refuse it before any container exists."""
+    if routed(rt) and too_old_for_kernel(version, str(info.get("KernelVersion") or "")):
+        raise RuntimeRefused(
+            f"runtime '{rt.name}' ({version.strip().splitlines()[0]}) cannot run its own network stack on this "
+            f"host's Linux {info.get('KernelVersion')}: it would fail with \"{ROOT_NS_ERROR}\"", hint=TOO_OLD_FIX)
+
+
 def check(name: str) -> EngineRuntime:
-    """`resolve` against the engine this process talks to (blocking: call from a worker thread)."""
+    """`resolve` against the engine this process talks to, and for a routed
+    gVisor its version against the host kernel (blocking: call from a worker thread)."""
     from .sandbox.docker import client
 
-    return resolve(name, client().info())
+    info = client().info()
+    rt = resolve(name, info)
+    if routed(rt):
+        refuse_if_too_old(rt, info, local_version(rt))
+    return rt
 
 
 def probe(client, name: str, image: str, network: str) -> tuple[bool, str]:
@@ -205,7 +262,14 @@ def doctor_check(client, name: str, image: str, network: str) -> tuple[bool, str
         return False, exc.message, exc.hint or ""
     if not name:
         return True, f"engine default '{rt.name}' ({rt.path or rt.runtime_type})", ""
+    try:
+        if routed(rt):
+            refuse_if_too_old(rt, client.info(), local_version(rt))
+    except RuntimeRefused as exc:
+        return False, exc.message, exc.hint or ""
     ok, seen = probe(client, name, image, network)
+    if not ok and ROOT_NS_ERROR in seen:
+        return False, f"runtime '{name}' did not start a container: {seen}", TOO_OLD_FIX
     if not ok:
         return False, f"runtime '{name}' did not start a container: {seen}", (
             "check the runtime on its own (`docker run --rm --runtime=" + name + " " + image + " true`) and the "
@@ -213,7 +277,7 @@ def doctor_check(client, name: str, image: str, network: str) -> tuple[bool, str
     if rt.gvisor and not seen.startswith("gVisor"):
         return False, f"runtime '{name}' looks like gVisor but its container does not run under gVisor ({seen})", \
             f"check the path the engine runs for '{name}' (`docker info`)"
-    if rt.gvisor and not seen.startswith("gVisor (network: host)"):
+    if rt.gvisor and not routed(rt) and not seen.startswith("gVisor (network: host)"):
         return False, f"runtime '{name}' is registered with --network=host, but its container runs gVisor with " \
             f"another network mode ({seen})", gvisor_fix(name) + "; check what the runtime's path runs"
     return True, f"'{name}' starts containers ({seen})", ""

@@ -19,11 +19,18 @@ main() {
 }
 
 ensure_runsc() {
-  # gVisor for the kernel container (AWFProvisioner.runtime=runsc): Debian's
-  # runsc, registered with its host network mode, the one under which the
-  # pod's rules see the kernel's packets (docs/architecture.md, "The kernel
-  # under gVisor"). `runsc-netstack` is the plain registration, which the
-  # provisioner refuses; tests/integration/test_runtime.py checks that it does.
+  # gVisor for the kernel container (AWFProvisioner.runtime=...), Debian's
+  # runsc registered three ways (docs/architecture.md, "The kernel under
+  # gVisor"):
+  # - `runsc`: with its host network mode; the kernel shares the proxy's
+  #   namespace, as under runc;
+  # - `runsc-netstack`: the plain registration, gVisor's own network stack.
+  #   Debian 12's runsc is too old to run it on Linux >= 6.11 (gVisor issue
+  #   10704), so the provisioner refuses it there, before any container exists;
+  # - `runsc-emulated`: the same runsc as on a kernel < 6.11
+  #   (tests/gvisor/runsc-emulated), so the routed wiring that gVisor's own
+  #   stack gets is tested here.
+  install -D -m 0755 tests/gvisor/runsc-emulated /usr/local/libexec/awf-test/runsc
   if ! command -v runsc >/dev/null 2>&1; then
     log "apt-get install runsc"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc
@@ -35,11 +42,12 @@ path = "/etc/docker/daemon.json"
 conf = json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {}
 runtimes = conf.setdefault("runtimes", {})
 want = {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=host"]},
-        "runsc-netstack": {"path": "/usr/bin/runsc"}}
+        "runsc-netstack": {"path": "/usr/bin/runsc"},
+        "runsc-emulated": {"path": "/usr/local/libexec/awf-test/runsc"}}
 changed = False
 for name, spec in want.items():
     # Another registration of `runsc` is the admin's, except the plain one, which
-    # the provisioner would refuse: that one gets the host network mode.
+    # Debian's runsc cannot run on this kernel: that one gets the host network mode.
     if name not in runtimes or (name == "runsc" and runtimes[name] == {"path": "/usr/bin/runsc"}):
         runtimes[name] = spec
         changed = True
@@ -56,7 +64,7 @@ PY
     kill -HUP "$(pidof dockerd)"
     local i
     for i in $(seq 50); do
-      docker info --format '{{json .Runtimes}}' | grep -q '"runsc-netstack"' && return
+      docker info --format '{{json .Runtimes}}' | grep -q '"runsc-emulated"' && return
       sleep 0.1
     done
     log "dockerd did not pick up the runsc registration"; return 1

@@ -83,6 +83,11 @@ main() {
     # `runsc` with --network=host), judged by the same test internet.
     log "third pass: the security, lifecycle and conformance suites under gVisor (AWF_TEST_RUNTIME=runsc)"
     AWF_TEST_RUNTIME=runsc python3 -m pytest "${GVISOR_PASS[@]}" || rc=$?
+    # And under gVisor with its own network stack, the plain registration's
+    # mode (the routed wiring, awf_kernel/render/link.py); this host's kernel
+    # needs the emulation wrapper for Debian's runsc (tests/gvisor/runsc-emulated).
+    log "fourth pass: the same suites under gVisor's own network stack (AWF_TEST_RUNTIME=runsc-emulated)"
+    AWF_TEST_RUNTIME=runsc-emulated python3 -m pytest "${GVISOR_PASS[@]}" || rc=$?
   fi
   log "checking for leftover sandbox resources"
   awf-kernel gc --dry-run

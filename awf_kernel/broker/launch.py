@@ -94,6 +94,7 @@ class KernelRecord:
     kernel_container_id: str | None = None
     ingress_network: str | None = None
     started: dict[str, str] | None = None
+    holder_id: str | None = None     # routed pods: the kernel's own network namespace
     watched: dict[str, list[int] | None] = field(default_factory=dict)
     image: str | None = None
     notebook: str | None = None
@@ -113,7 +114,7 @@ class KernelRecord:
         if not (self.proxy_id and self.kernel_container_id):
             return None
         return sandbox.Pod(self.kernel_id, self.proxy_id, self.kernel_container_id, self.ingress_network,
-                           self.started)
+                           self.started, holder_id=self.holder_id)
 
     def public(self) -> dict:
         """What `list` shows its owner."""
@@ -225,7 +226,8 @@ def firewall_inputs(cfg: BrokerConfig, req: StartRequest) -> dict:
 
 
 def pod_settings(cfg: BrokerConfig, req: StartRequest, user: User, *, image: str, network: str,
-                 paths: KernelPaths, workdir: str, mounts: tuple[podspec.Mount, ...]) -> podspec.PodSettings:
+                 paths: KernelPaths, workdir: str, mounts: tuple[podspec.Mount, ...],
+                 routed: bool = False) -> podspec.PodSettings:
     return podspec.PodSettings(
         kernel_id=req.kernel_id, proxy_image=cfg.proxy_image, kernel_image=image,
         kernel_cmd=kernel_command(cfg, req), kernel_ports=tuple(req.ports[p] for p in PORT_NAMES),
@@ -234,7 +236,7 @@ def pod_settings(cfg: BrokerConfig, req: StartRequest, user: User, *, image: str
         mem_limit=cfg.mem_limit or None, cpu_limit=cfg.cpu_limit or None, pids_limit=cfg.pids_limit or None,
         server=server_label(cfg), addons_dir=str(ADDONS_DIR) if cfg.cell_notices else None,
         dns_servers=tuple(cfg.dns_servers), read_only_image=cfg.read_only_image, tmp_size=cfg.tmp_size or None,
-        owner_uid=user.uid, runtime=cfg.kernel_runtime)
+        owner_uid=user.uid, runtime=cfg.kernel_runtime, routed=routed)
 
 
 # --- side effects -----------------------------------------------------------------------------------
@@ -363,7 +365,7 @@ def start(req: StartRequest, user: User, cfg: BrokerConfig,
     except (ImageMissing, NetworkMissing) as exc:
         raise AWFError(exc.message, hint="the broker's operator can fix this: `awf-kernel build`, or "
                                          "BrokerConfig.image / proxy_image / egress_network") from None
-    runtime.check(cfg.kernel_runtime)  # missing or refused: before anything is made
+    routed = runtime.routed(runtime.check(cfg.kernel_runtime))  # missing or refused: before anything is made
     paths = paths_for(cfg, kid, user.uid)
     if os.path.lexists(paths.state_dir) or audit_owner(paths) not in (None, user.uid):
         # another kernel's files (another user's audit trail) are never taken over
@@ -381,7 +383,7 @@ def start(req: StartRequest, user: User, cfg: BrokerConfig,
                                                     req.policy))
         network = egress.name if not egress.internal else podspec.ingress_network_name(kid)
         settings = pod_settings(cfg, req, user, image=image, network=network, paths=paths,
-                                workdir=prepared["workdir"], mounts=mounts)
+                                workdir=prepared["workdir"], mounts=mounts, routed=routed)
         record = KernelRecord(kernel_id=kid, owner_uid=user.uid, owner_gid=user.gid, owner_gids=user.gids,
                               watched=prepared["watched"], image=image, notebook=prepared["notebook"],
                               workdir=prepared["workdir"], ports=dict(req.ports), created=time.time())
@@ -395,6 +397,7 @@ def start(req: StartRequest, user: User, cfg: BrokerConfig,
             raise
         record.proxy_id, record.kernel_container_id = pod.proxy_id, pod.kernel_id_container
         record.ingress_network, record.started, record.state = pod.ingress_network, pod.started, "running"
+        record.holder_id = pod.holder_id
         save_record(paths, record)
         return record, {"policy": policy.to_json(), "warnings": list(prepared["warnings"])}
     except BaseException:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .. import addresses
-from . import ports
+from . import link, ports
 
 UPSTREAM = "@UPSTREAM@"
 
@@ -33,7 +33,8 @@ def _reject(rule: str) -> list[str]:
 
 def render_ipv4_rules(*, kernel_ports: Iterable[int], server_address: str | None = None,
                       host_addresses: Iterable[str] = (), dns_upstreams: Iterable[str] = (),
-                      allowed_private: Iterable[str] = (), proxy_uid: int = ports.PROXY_UID) -> str:
+                      allowed_private: Iterable[str] = (), proxy_uid: int = ports.PROXY_UID,
+                      routed: bool = False) -> str:
     """Default deny comes last in every chain; everything above it is a narrow exception.
 
     - server_address: the only source that may open the kernel's ports (the
@@ -46,6 +47,12 @@ def render_ipv4_rules(*, kernel_ports: Iterable[int], server_address: str | None
     - Every DNS query from anything but the proxy goes to the pod's resolver,
       whatever server it was addressed to (Docker's 127.0.0.11 included).
     - Rejections, not drops, so a blocked call fails at once.
+    - routed (render/link.py): the kernel is beyond the link interface, not in
+      this namespace. What it sends is judged on arrival: TCP 80/443 and DNS
+      to any address are redirected to Squid and the resolver (which listen
+      on the link's address too), Squid's explicit port is open on the link
+      address, and nothing else is accepted or forwarded. The kernel's ports
+      are DNAT'ed to it, from the server's address only.
     """
     kports = ",".join(str(p) for p in sorted(set(kernel_ports)))
     if not kports:
@@ -72,18 +79,20 @@ def render_ipv4_rules(*, kernel_ports: Iterable[int], server_address: str | None
         "-A AWF_OUTPUT -d 127.0.0.0/8 -j RETURN",
         f"-A AWF_OUTPUT -p tcp --dport 80 -j REDIRECT --to-ports {ports.SQUID_HTTP_INTERCEPT}",
         f"-A AWF_OUTPUT -p tcp --dport 443 -j REDIRECT --to-ports {ports.SQUID_HTTPS_INTERCEPT}",
+        *(_routed_nat(kports) if routed else ()),
         "COMMIT",
         "*filter",
         ":AWF_INPUT - [0:0]",
         ":AWF_OUTPUT - [0:0]",
         "-I INPUT 1 -j AWF_INPUT",
         "-I OUTPUT 1 -j AWF_OUTPUT",
-        "-I FORWARD 1 -j DROP",
+        *(_routed_forward(kports, src) if routed else ["-I FORWARD 1 -j DROP"]),
         # Inbound: only the Jupyter server side (the Docker host's address on the
         # publishing network) may open the kernel's ports.
         "-A AWF_INPUT -i lo -j ACCEPT",
         "-A AWF_INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         f"-A AWF_INPUT -i @INGRESS_IF@{src} -p tcp -m multiport --dports {kports} -j ACCEPT",
+        *(_routed_input() if routed else ()),
         *_reject("-A AWF_INPUT"),
         # Outbound, everyone: replies, and what the nat table redirected to the
         # proxy (redirected packets carry 127.0.0.1 but do not match `-o lo`).
@@ -113,6 +122,45 @@ def render_ipv4_rules(*, kernel_ports: Iterable[int], server_address: str | None
         "COMMIT",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _routed_nat(kports: str) -> list[str]:
+    kernel_side = f"-A AWF_PREROUTING -i {link.PROXY_IF}"
+    return [
+        ":AWF_PREROUTING - [0:0]",
+        "-I PREROUTING 1 -j AWF_PREROUTING",
+        # REDIRECT sends to the link's own address, where Squid and the resolver also listen.
+        *(f"{kernel_side} -p {proto} --dport {ports.RESOLVER} -j REDIRECT --to-ports {ports.RESOLVER_LISTEN}"
+          for proto in ("udp", "tcp")),
+        f"{kernel_side} -p tcp --dport 80 -j REDIRECT --to-ports {ports.SQUID_HTTP_INTERCEPT}",
+        f"{kernel_side} -p tcp --dport 443 -j REDIRECT --to-ports {ports.SQUID_HTTPS_INTERCEPT}",
+        f"{kernel_side} -j RETURN",
+        # The published ports reach the kernel at its end of the link (FORWARD checks the source).
+        f"-A AWF_PREROUTING -p tcp -m multiport --dports {kports} -j DNAT --to-destination {link.KERNEL_ADDRESS}",
+    ]
+
+
+def _routed_forward(kports: str, src: str) -> list[str]:
+    return [
+        ":AWF_FORWARD - [0:0]",
+        "-I FORWARD 1 -j AWF_FORWARD",
+        f"-A AWF_FORWARD -i @INGRESS_IF@{src} -o {link.PROXY_IF} -d {link.KERNEL_ADDRESS}/32 -p tcp "
+        f"-m multiport --dports {kports} -m conntrack --ctstate DNAT -j ACCEPT",
+        f"-A AWF_FORWARD -i {link.PROXY_IF} -o @INGRESS_IF@ -s {link.KERNEL_ADDRESS}/32 "
+        "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        f"-A AWF_FORWARD -i @INGRESS_IF@ -o {link.PROXY_IF} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        *_reject("-A AWF_FORWARD"),
+    ]
+
+
+def _routed_input() -> list[str]:
+    from_kernel = f"-A AWF_INPUT -i {link.PROXY_IF} -s {link.KERNEL_ADDRESS}/32 -d {link.PROXY_ADDRESS}/32"
+    redirected = f"{ports.SQUID_HTTP_INTERCEPT},{ports.SQUID_HTTPS_INTERCEPT},{ports.RESOLVER_LISTEN}"
+    return [
+        f"{from_kernel} -p tcp --dport {ports.SQUID_EXPLICIT} -j ACCEPT",
+        f"{from_kernel} -p tcp -m multiport --dports {redirected} -m conntrack --ctstate DNAT -j ACCEPT",
+        f"{from_kernel} -p udp --dport {ports.RESOLVER_LISTEN} -m conntrack --ctstate DNAT -j ACCEPT",
+    ]
 
 
 def render_ipv6_rules() -> str:

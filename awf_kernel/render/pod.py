@@ -7,6 +7,10 @@ compare a whole spec with an expected value and no engine is needed. The pod:
             publishes the kernel's ports on 127.0.0.1 only.
 - firewall: one-shot, root with NET_ADMIN only, in the proxy's namespace.
 - kernel:   joins the proxy's namespace; no capabilities at any moment.
+
+With `routed` (a kernel runtime with a network stack of its own, render/link.py)
+the kernel joins a `holder`'s namespace instead, linked to the proxy's by a
+veth pair the firewall step makes and a one-shot `link` step configures.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import posixpath
 from dataclasses import dataclass, field
 
 from .. import naming
-from . import ports
+from . import link, ports
 
 CONNECTION_DIR = "/awf/connection"
 CONNECTION_FILE = f"{CONNECTION_DIR}/kernel.json"
@@ -26,6 +30,8 @@ AUDIT_DIR_IN_PROXY = "/var/log/awf"
 AUDIT_DIR_IN_KERNEL = "/awf/audit"   # read-only: the kernel reads its own pod's denials
 ADDONS_DIR_IN_KERNEL = "/awf/lib"    # read-only: the per-cell notice extension
 PROXY_URL = f"http://127.0.0.1:{ports.SQUID_EXPLICIT}"
+LINK_PROXY_URL = f"http://{link.PROXY_ADDRESS}:{ports.SQUID_EXPLICIT}"
+RESOLV_CONF_IN_KERNEL = "/etc/resolv.conf"
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ class PodSettings:
     pod: str | None = None            # the warm pool pod this kernel runs in (its id), if any
     runtime: str = ""                 # the kernel container's OCI runtime ("" = the engine's default);
                                       # awf_kernel.runtime decides which ones keep the pod's rules in force
+    routed: bool = False              # the kernel in a namespace of its own, routed through the proxy
+                                      # (a runtime with its own network stack: render/link.py)
 
 
 def _limits(s: PodSettings) -> dict:
@@ -124,7 +132,11 @@ def proxy_create_kwargs(s: PodSettings) -> dict:
         # (Docker >= 20.10 sets it to 0 in every container unless told otherwise.)
         "sysctls": {"net.ipv4.ip_unprivileged_port_start": "1024",
                     "net.ipv6.conf.all.disable_ipv6": "1",
-                    "net.ipv6.conf.default.disable_ipv6": "1"},
+                    "net.ipv6.conf.default.disable_ipv6": "1",
+                    # routed: Squid and the resolver bind the link's address before
+                    # the link exists; the kernel's ports are forwarded to it.
+                    **({"net.ipv4.ip_nonlocal_bind": "1", "net.ipv4.ip_forward": "1"} if s.routed else {})},
+        **({"environment": {"AWF_LINK_ADDRESS": link.PROXY_ADDRESS}} if s.routed else {}),
         "mounts": [Mount(s.audit_dir, AUDIT_DIR_IN_PROXY).to_docker()],
         "mem_limit": "256m",
         "memswap_limit": "256m",
@@ -137,7 +149,11 @@ def proxy_create_kwargs(s: PodSettings) -> dict:
     }
 
 
-def firewall_create_kwargs(s: PodSettings, proxy_id: str, env: dict[str, str]) -> dict:
+def firewall_create_kwargs(s: PodSettings, proxy_id: str, env: dict[str, str],
+                           holder_id: str | None = None) -> dict:
+    """`holder_id` (routed): the firewall step also makes the kernel's link, a
+    veth pair whose far end it moves into the holder's namespace by the
+    holder's pid 1, which it sees by sharing the holder's pid namespace."""
     return {
         "image": s.proxy_image,
         "name": naming.resource_name(s.kernel_id, "firewall"),
@@ -153,17 +169,70 @@ def firewall_create_kwargs(s: PodSettings, proxy_id: str, env: dict[str, str]) -
         "mem_limit": "128m",
         "log_config": LOG_CONFIG,
         "detach": True,
+        **({"pid_mode": f"container:{holder_id}"} if holder_id else {}),
     }
+
+
+def holder_create_kwargs(s: PodSettings) -> dict:
+    """Routed: the kernel's network namespace, with no interface but loopback
+    until the firewall step links it to the proxy. It only holds the
+    namespace (sleeps), as nobody, with no capabilities."""
+    return {
+        "image": s.proxy_image,
+        "name": naming.resource_name(s.kernel_id, "holder"),
+        "labels": naming.labels(s.kernel_id, "holder", s.server, s.owner_uid),
+        "entrypoint": ["sleep", "infinity"],
+        "user": "65534:65534",
+        "network_mode": "none",
+        "sysctls": {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"},
+        "pids_limit": 8,
+        "mem_limit": "32m",
+        "memswap_limit": "32m",
+        "detach": True,
+        **_LOCKED_DOWN,
+    }
+
+
+def link_create_kwargs(s: PodSettings, holder_id: str) -> dict:
+    """Routed: the one-shot step that gives the kernel's end of the link its
+    address and the default route through the proxy, in the holder's
+    namespace, before each kernel container starts there (gVisor copies the
+    namespace's interfaces and routes when it starts, and takes the address
+    away from the namespace, so a restarted kernel needs it again)."""
+    return {
+        "image": s.proxy_image,
+        "name": naming.resource_name(s.kernel_id, "link"),
+        "labels": naming.labels(s.kernel_id, "link", s.server, s.owner_uid),
+        "entrypoint": ["/usr/local/bin/awf-link"],
+        "user": "0:0",
+        "network_mode": f"container:{holder_id}",
+        "cap_drop": ["ALL"],
+        "cap_add": ["NET_ADMIN"],
+        "security_opt": ["no-new-privileges"],
+        "environment": {"AWF_LINK_IF": link.KERNEL_IF, "AWF_LINK_ADDRESS": f"{link.KERNEL_ADDRESS}/{link.PREFIX}",
+                        "AWF_LINK_GATEWAY": link.PROXY_ADDRESS},
+        "pids_limit": 16,
+        "mem_limit": "64m",
+        "log_config": LOG_CONFIG,
+        "detach": True,
+    }
+
+
+def resolv_conf(s: PodSettings) -> str:
+    """Routed: the kernel's resolver is the proxy's end of the link (Docker's
+    127.0.0.11 would be the kernel runtime's own loopback)."""
+    return f"# awf-kernel: the pod's filtering resolver\nnameserver {link.PROXY_ADDRESS}\noptions ndots:0\n"
 
 
 def kernel_env(s: PodSettings) -> dict[str, str]:
     """The kernel's whole environment: the allowlisted values the provisioner
     passed plus what the sandbox itself needs. Never the server's environment."""
     env = dict(s.env)
+    proxy_url = LINK_PROXY_URL if s.routed else PROXY_URL
     env.update({
         "HOME": "/tmp",
-        "HTTP_PROXY": PROXY_URL, "HTTPS_PROXY": PROXY_URL,
-        "http_proxy": PROXY_URL, "https_proxy": PROXY_URL,
+        "HTTP_PROXY": proxy_url, "HTTPS_PROXY": proxy_url,
+        "http_proxy": proxy_url, "https_proxy": proxy_url,
         "NO_PROXY": "localhost,127.0.0.1", "no_proxy": "localhost,127.0.0.1",
         "AWF_SANDBOX": "1",
         "AWF_KERNEL_ID": s.kernel_id,
@@ -174,11 +243,15 @@ def kernel_env(s: PodSettings) -> dict[str, str]:
     return env
 
 
-def kernel_create_kwargs(s: PodSettings, proxy_id: str) -> dict:
+def kernel_create_kwargs(s: PodSettings, netns_id: str) -> dict:
+    """`netns_id`: the container whose network namespace the kernel joins
+    (the proxy, or routed: the holder)."""
     # Only the connection file itself: ipykernel rewrites it in place, and the
     # kernel gets no host folder it could fill with other files.
     mounts = [Mount(f"{s.connection_dir}/kernel.json", CONNECTION_FILE),
               Mount(s.audit_dir, AUDIT_DIR_IN_KERNEL, read_only=True)]
+    if s.routed:
+        mounts.append(Mount(f"{s.connection_dir}/resolv.conf", RESOLV_CONF_IN_KERNEL, read_only=True))
     if s.addons_dir:
         mounts.append(Mount(s.addons_dir, ADDONS_DIR_IN_KERNEL, read_only=True))
     if s.workdir:
@@ -191,7 +264,7 @@ def kernel_create_kwargs(s: PodSettings, proxy_id: str) -> dict:
         "command": list(s.kernel_cmd),
         "entrypoint": [""],  # run the kernel command itself, whatever the image's ENTRYPOINT
         "user": f"{s.uid}:{s.gid}",
-        "network_mode": f"container:{proxy_id}",
+        "network_mode": f"container:{netns_id}",
         "environment": kernel_env(s),
         "mounts": [m.to_docker() for m in mounts],
         "working_dir": s.workdir or "/tmp",

@@ -101,14 +101,17 @@ def render_squid_conf(policy: Policy, *, kernel_id: str, notebook: str | None = 
         f"http_port 127.0.0.1:{ports.SQUID_HTTP_INTERCEPT} name=http_intercept intercept",
         f"https_port 127.0.0.1:{ports.SQUID_HTTPS_INTERCEPT} name=https_intercept intercept ssl-bump"
         " cert=/etc/awf-proxy/cert.pem key=/etc/awf-proxy/key.pem generate-host-certificates=off",
+        # The same three on the kernel's link, when it has one (routed pods; the
+        # proxy's entrypoint writes the file, with no port otherwise).
+        "include /run/awf/listen-link.conf",
         "",
         "acl step1 at_step SslBump1",
         "acl step2 at_step SslBump2",
         "acl CONNECT method CONNECT",
         "acl https_port port 443",
         "acl web_ports port " + " ".join(str(p) for p in ports.WEB_PORTS),
-        "acl https_intercept myportname https_intercept",
-        "acl explicit myportname explicit",
+        "acl https_intercept myportname https_intercept https_intercept_link",
+        "acl explicit myportname explicit explicit_link",
         "acl to_linklocal dst 169.254.0.0/16",
         # Checked after Squid's own DNS lookup, for names and intercepted IPs alike.
         "acl to_non_global dst " + " ".join(addresses.NON_GLOBAL_V4),

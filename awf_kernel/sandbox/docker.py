@@ -26,7 +26,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from .. import naming
 from ..errors import DockerUnavailable, ImageMissing, NetworkMissing, PortClash, SandboxStartError
-from ..render import firewall
+from ..render import firewall, link
 from ..render import pod as podspec
 from ..render import ports
 
@@ -67,6 +67,8 @@ class Pod:
     started: dict[str, str] | None = None
     # Seconds each start step took (the benchmark's breakdown; logged at start).
     timings: dict[str, float] = field(default_factory=dict)
+    # Routed pods: the container holding the kernel's own network namespace.
+    holder_id: str | None = None
 
 
 def egress_network(name: str) -> EgressNetwork:
@@ -174,8 +176,9 @@ def create_pod(settings: podspec.PodSettings, egress: EgressNetwork, files: dict
     provisioner knows; the addresses only the engine knows are added here."""
     try:
         t: dict[str, float] = {}
-        proxy, ingress = _start_proxy_side(settings, egress, files, rules, startup_timeout, _Clock(t))
-        return start_kernel(settings, Pod(settings.kernel_id, proxy.id, "", ingress, timings=t))
+        proxy, ingress, holder = _start_proxy_side(settings, egress, files, rules, startup_timeout, _Clock(t))
+        return start_kernel(settings, Pod(settings.kernel_id, proxy.id, "", ingress, timings=t, holder_id=holder),
+                            startup_timeout)
     except BaseException:
         remove_pod(settings.kernel_id)
         raise
@@ -187,35 +190,53 @@ def prepare_pod(settings: podspec.PodSettings, egress: EgressNetwork, files: dic
     networks, proxy and firewall, the deny-all policy in `files`."""
     try:
         t: dict[str, float] = {}
-        proxy, ingress = _start_proxy_side(settings, egress, files, rules, startup_timeout, _Clock(t))
+        if settings.routed:
+            raise ValueError("a routed pod is never prepared ahead (no warm pool for it)")
+        proxy, ingress, _ = _start_proxy_side(settings, egress, files, rules, startup_timeout, _Clock(t))
         return Pod(settings.kernel_id, proxy.id, "", ingress, started={proxy.id: _started_at(proxy.id)}, timings=t)
     except BaseException:
         remove_pod(settings.kernel_id)
         raise
 
 
-def start_kernel(settings: podspec.PodSettings, pod: Pod) -> Pod:
+def start_kernel(settings: podspec.PodSettings, pod: Pod, startup_timeout: float = 20.0) -> Pod:
     """Start the kernel container in a pod whose proxy side is up (new, kept
     across a restart, or claimed from the pool): the pod with its new kernel."""
     c = client()
     clock = _Clock(dict(pod.timings))
+    if pod.holder_id:
+        with clock("link step"):
+            _write_resolv_conf(settings)
+            _run_one_shot(podspec.link_create_kwargs(settings, pod.holder_id), "link step", startup_timeout,
+                          pod.holder_id)
     with clock("kernel create"):
-        kernel = c.containers.create(**podspec.kernel_create_kwargs(settings, pod.proxy_id))
+        kernel = c.containers.create(**podspec.kernel_create_kwargs(settings, pod.holder_id or pod.proxy_id))
     with clock("kernel start"):
         kernel.start()
     with clock("inspect"):
-        started = {cid: _started_at(cid) for cid in (pod.proxy_id, kernel.id)}
+        started = {cid: _started_at(cid) for cid in (pod.proxy_id, kernel.id, pod.holder_id) if cid}
     return Pod(settings.kernel_id, pod.proxy_id, kernel.id, pod.ingress_network, started=started,
-               timings=clock.into)
+               timings=clock.into, holder_id=pod.holder_id)
+
+
+def _write_resolv_conf(settings: podspec.PodSettings) -> None:
+    path = os.path.join(settings.connection_dir, "resolv.conf")
+    with open(path, "w") as f:
+        f.write(podspec.resolv_conf(settings))
+    os.chmod(path, 0o644)
 
 
 def proxy_still_set_up(pod: Pod) -> bool:
-    """The pod's proxy runs and has not started again since it was set up."""
-    try:
-        state = client().api.inspect_container(pod.proxy_id)["State"]
-    except NotFound:
-        return False
-    return bool(state.get("Running")) and (pod.started or {}).get(pod.proxy_id) == state.get("StartedAt")
+    """The pod's proxy (and a routed pod's holder) runs and has not started
+    again since it was set up."""
+    for cid in (c for c in (pod.proxy_id, pod.holder_id) if c):
+        try:
+            state = client().api.inspect_container(cid)["State"]
+        except NotFound:
+            return False
+        if not state.get("Running") or (pod.started or {}).get(cid) != state.get("StartedAt"):
+            return False
+    return True
 
 
 def remove_kernel_container(pod: Pod) -> None:
@@ -238,7 +259,11 @@ def rename_proxy(pod: Pod, kernel_id: str) -> None:
 
 def _start_proxy_side(settings, egress, files, rules, startup_timeout, clock) -> tuple:
     c = client()
-    ingress = None
+    ingress = holder = None
+    if settings.routed:
+        with clock("holder"):
+            holder = c.containers.create(**podspec.holder_create_kwargs(settings))
+            holder.start()
     if egress.internal:
         with clock("ingress network"):
             ingress = c.networks.create(**podspec.ingress_network_kwargs(settings)).name
@@ -259,7 +284,7 @@ def _start_proxy_side(settings, egress, files, rules, startup_timeout, clock) ->
                              *(g for g in (out.gateway, inbound.gateway) if g)})
     env = {
         "AWF_IPV4_RULES": firewall.render_ipv4_rules(**rules, server_address=inbound.gateway,
-                                                     host_addresses=host_addresses),
+                                                     host_addresses=host_addresses, routed=settings.routed),
         "AWF_IPV6_RULES": firewall.render_ipv6_rules(),
         "AWF_WAIT_TCP": " ".join(str(p) for p in (ports.SQUID_EXPLICIT, ports.SQUID_HTTP_INTERCEPT,
                                                   ports.SQUID_HTTPS_INTERCEPT, ports.RESOLVER_LISTEN)),
@@ -269,9 +294,13 @@ def _start_proxy_side(settings, egress, files, rules, startup_timeout, clock) ->
         "AWF_INGRESS_IP": inbound.address,
         "AWF_DEFAULT_GW": default_gw or "none",
     }
+    if holder:
+        env.update({"AWF_LINK_IF": link.PROXY_IF, "AWF_LINK_PEER_IF": link.KERNEL_IF,
+                    "AWF_LINK_ADDRESS": f"{link.PROXY_ADDRESS}/{link.PREFIX}"})
     with clock("firewall step"):
-        _run_firewall(settings, proxy, env, startup_timeout)
-    return proxy, ingress
+        _run_one_shot(podspec.firewall_create_kwargs(settings, proxy.id, env, holder.id if holder else None),
+                      "firewall step", startup_timeout, proxy.id)
+    return proxy, ingress, holder.id if holder else None
 
 
 class _Clock:
@@ -299,20 +328,23 @@ def _started_at(container_id: str) -> str:
     return client().api.inspect_container(container_id)["State"]["StartedAt"]
 
 
-def _run_firewall(settings, proxy, env, timeout) -> None:
-    fw = client().containers.create(**podspec.firewall_create_kwargs(settings, proxy.id, env))
+def _run_one_shot(kwargs: dict, what: str, timeout: float, beside_id: str) -> None:
+    """Run one of the pod's one-shot root steps (the firewall, the link) to
+    its end; any failure is the pod's, with both containers' logs."""
+    c = client()
+    step = c.containers.create(**kwargs)
     try:
-        fw.start()
+        step.start()
         try:
-            result = fw.wait(timeout=timeout)
+            result = step.wait(timeout=timeout)
         except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
-            raise SandboxStartError(f"the pod's firewall step did not finish in {timeout:.0f} s",
-                                    logs=_logs(fw) + _logs(proxy)) from exc
+            raise SandboxStartError(f"the pod's {what} did not finish in {timeout:.0f} s",
+                                    logs=_logs(step) + _logs(c.containers.get(beside_id))) from exc
         if result.get("StatusCode") != 0:
-            raise SandboxStartError("the pod's firewall step failed; no kernel was started",
-                                    logs=_logs(fw) + _logs(proxy))
+            raise SandboxStartError(f"the pod's {what} failed; no kernel was started",
+                                    logs=_logs(step) + _logs(c.containers.get(beside_id)))
     finally:
-        _remove_container(fw)
+        _remove_container(step)
 
 
 # One exec argument or variable may hold at most 128 KiB (Linux's MAX_ARG_STRLEN).
@@ -376,7 +408,7 @@ def pod_state(pod: Pod) -> tuple[bool, int | None]:
     whose proxy stopped, or any pod container that started again since the pod
     was made, counts as dead (fail closed), and its kernel is stopped."""
     states = {}
-    for cid in (pod.kernel_id_container, pod.proxy_id):
+    for cid in (c for c in (pod.kernel_id_container, pod.proxy_id, pod.holder_id) if c):
         try:
             states[cid] = client().api.inspect_container(cid)["State"]
         except NotFound:

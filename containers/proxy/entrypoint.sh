@@ -29,6 +29,20 @@ check_config() {
   done
 }
 
+link_listeners() {
+  # squid.conf includes this file: Squid's ports on the kernel's link too,
+  # when the kernel sits beyond one (AWF_LINK_ADDRESS, routed pods only).
+  local out=/run/awf/listen-link.conf tls
+  echo "# the kernel's link (routed pods only)" >"$out"
+  [[ -n "${AWF_LINK_ADDRESS:-}" ]] || return 0
+  tls="cert=/etc/awf-proxy/cert.pem key=/etc/awf-proxy/key.pem generate-host-certificates=off"
+  {
+    echo "http_port $AWF_LINK_ADDRESS:3128 name=explicit_link"
+    echo "http_port $AWF_LINK_ADDRESS:3129 name=http_intercept_link intercept"
+    echo "https_port $AWF_LINK_ADDRESS:3130 name=https_intercept_link intercept ssl-bump $tls"
+  } >>"$out"
+}
+
 start_resolver() {
   python3 /usr/local/lib/awf/resolver.py "$CONF_DIR/resolver.json" &
   RESOLVER_PID=$!
@@ -69,6 +83,7 @@ supervise() {
 main() {
   refuse_second_run
   check_config
+  link_listeners
   start_resolver
   rotate_access_log &
   run_squid

@@ -13,6 +13,12 @@
 #   AWF_EGRESS_IP / AWF_INGRESS_IP   the pod's address on each network
 #   AWF_DEFAULT_GW                   the egress gateway, or "none"
 #   AWF_WAIT_TCP / AWF_WAIT_UDP      ports the proxy must listen on first
+#   AWF_LINK_IF / AWF_LINK_PEER_IF / AWF_LINK_ADDRESS
+#                                    routed pods only (a kernel runtime with its
+#                                    own network stack): make the kernel's link,
+#                                    a veth pair whose far end goes to the
+#                                    namespace of pid 1 (this step shares the
+#                                    holder's pid namespace), and address ours
 set -euo pipefail
 
 log() { echo "[awf-firewall] $*" >&2; }
@@ -79,7 +85,16 @@ install_rules() {
   fi
 }
 
+make_link() {
+  # The kernel's only interface: its end is configured there by awf-link.
+  [[ -n "${AWF_LINK_IF:-}" ]] || return 0
+  ip link add "$AWF_LINK_IF" type veth peer name "${AWF_LINK_PEER_IF:?}" netns 1
+  ip addr add "${AWF_LINK_ADDRESS:?}" dev "$AWF_LINK_IF"
+  ip link set "$AWF_LINK_IF" up
+}
+
 main() {
+  make_link
   wait_for_proxy
   EGRESS_IF=$(iface_of "$AWF_EGRESS_IP")
   INGRESS_IF=$(iface_of "${AWF_INGRESS_IP:-$AWF_EGRESS_IP}")

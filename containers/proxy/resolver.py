@@ -595,7 +595,7 @@ def announce(config, path=GENERATION_FILE):
     os.replace(tmp, path)
 
 
-def reload(server, config_path, generation_file=GENERATION_FILE):
+def reload(servers, config_path, generation_file=GENERATION_FILE):
     """SIGHUP: a new policy (live policy, a pool pod claimed by a kernel).
     The sockets stay bound throughout, so the port is never free for the
     kernel that shares this namespace; only the deciding state is swapped.
@@ -609,23 +609,35 @@ def reload(server, config_path, generation_file=GENERATION_FILE):
         print(f"[awf-dns] reload failed, keeping the current policy: {type(exc).__name__}: {exc}",
               file=sys.stderr, flush=True)
         return
-    old, server.resolver = server.resolver, fresh
+    old = servers[0].resolver
+    for server in servers:
+        server.resolver = fresh
     threading.Timer(5.0, old.close).start()  # answers in flight finish with the old log file
     announce(config, generation_file)
     print(f"[awf-dns] policy {config.get('generation')} in force", file=sys.stderr, flush=True)
 
 
+def listen_addresses(config, environ=os.environ):
+    """The policy's address, and the kernel's link when the pod has one
+    (routed pods: the kernel reaches the resolver from beyond the link)."""
+    out = [config.get("listen", "127.0.0.1")]
+    link = environ.get("AWF_LINK_ADDRESS", "")
+    if link and is_ipv4(link) and link not in out:
+        out.append(link)
+    return out
+
+
 def serve(config, config_path=None, generation_file=GENERATION_FILE):
     resolver = Resolver(config)
-    server = Server(resolver, config.get("listen", "127.0.0.1"), int(config.get("port", 5353))).start()
-    host, port = server.address
+    port = int(config.get("port", 5353))
+    servers = [Server(resolver, address, port).start() for address in listen_addresses(config)]
     if config_path:
-        signal.signal(signal.SIGHUP, lambda *_: reload(server, config_path, generation_file))
+        signal.signal(signal.SIGHUP, lambda *_: reload(servers, config_path, generation_file))
     announce(config, generation_file)
-    print(f"[awf-dns] listening on {host}:{port} udp+tcp, upstreams {resolver.upstreams}",
-          file=sys.stderr, flush=True)
+    print(f"[awf-dns] listening on {', '.join(f'{h}:{p}' for h, p in (s.address for s in servers))} udp+tcp, "
+          f"upstreams {resolver.upstreams}", file=sys.stderr, flush=True)
     while True:
-        for thread in server.threads:
+        for thread in (t for server in servers for t in server.threads):
             thread.join(timeout=60)
             if not thread.is_alive():
                 print("[awf-dns] a listener stopped; exiting", file=sys.stderr, flush=True)

@@ -17,7 +17,12 @@ import pytest
 from tests.integration.gvisor import under_gvisor
 
 # Code shared by probes: run inside the kernel (stdlib + requests only).
-TCP = """
+# The explicit proxy as the kernel reaches it: 127.0.0.1, or in a routed pod
+# (a runtime with its own network stack: 127.0.0.1 is that stack's own
+# loopback) the proxy's end of the kernel's link. HTTP_PROXY names it.
+PROXY = 'PROXY = __import__("urllib.parse").parse.urlsplit(__import__("os").environ["HTTP_PROXY"]).hostname\n'
+
+TCP = PROXY + """
 import json, socket
 def tcp(host, port, payload=b"", timeout=3):
     s = socket.socket(); s.settimeout(timeout)
@@ -289,9 +294,9 @@ def test_sni_spoofing(kernel, testnet):
 def test_sni_and_connect_must_agree(kernel, testnet):
     """CONNECT to an allowed host, then a ClientHello for a blocked one."""
     mark = testnet.mark()
-    res = kernel.probe("""
+    res = kernel.probe(PROXY, """
         import json, socket, ssl
-        s = socket.create_connection(("127.0.0.1", 3128), timeout=5)
+        s = socket.create_connection((PROXY, 3128), timeout=5)
         s.sendall(b"CONNECT allowed.test:443 HTTP/1.1\\r\\nHost: allowed.test:443\\r\\n\\r\\n")
         head = s.recv(200).decode(errors="replace")
         ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
@@ -313,7 +318,7 @@ def test_connect_to_other_ports(kernel, testnet):
     res = kernel.probe(TCP, """
         out = {}
         for target in ("allowed.test:8443", "allowed.test:22", "canary.test:443", "allowed.test:80"):
-            out[target] = tcp("127.0.0.1", 3128, f"CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n".encode())
+            out[target] = tcp(PROXY, 3128, f"CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n".encode())
         print(json.dumps(out))
     """)
     for target, result in res.items():
@@ -326,8 +331,8 @@ def test_proxy_management_interface_unreachable(kernel):
     res = kernel.probe(TCP, """
         out = {}
         for path in ("/squid-internal-mgr/menu", "/squid-internal-mgr/info", "/squid-internal-mgr/config"):
-            out[path] = tcp("127.0.0.1", 3128, f"GET http://127.0.0.1:3128{path} HTTP/1.0\\r\\n\\r\\n".encode())
-        out["cache_object"] = tcp("127.0.0.1", 3128, b"GET cache_object://localhost/info HTTP/1.0\\r\\n\\r\\n")
+            out[path] = tcp(PROXY, 3128, f"GET http://{PROXY}:3128{path} HTTP/1.0\\r\\n\\r\\n".encode())
+        out["cache_object"] = tcp(PROXY, 3128, b"GET cache_object://localhost/info HTTP/1.0\\r\\n\\r\\n")
         print(json.dumps(out))
     """)
     for what, result in res.items():

@@ -83,9 +83,13 @@ CASES = {
 }
 
 
+PROXY_HOST = '__import__("urllib.parse").parse.urlsplit(__import__("os").environ["HTTP_PROXY"]).hostname'
+
+
 def _call(where: str, snis: list, ips: dict) -> str:
     if where.startswith("connect:"):
-        return f"hello('127.0.0.1', {snis!r}, port=3128, connect={where.split(':', 1)[1]!r})"
+        # the explicit proxy as the kernel reaches it (HTTP_PROXY: loopback, or a routed pod's link)
+        return f"hello({PROXY_HOST}, {snis!r}, port=3128, connect={where.split(':', 1)[1]!r})"
     return f"hello({ips[where + '.test']!r}, {snis!r})"
 
 

@@ -1,8 +1,12 @@
 """The kernel container's runtime (AWFProvisioner.runtime): a missing or a
 refused runtime is a clear error before any container exists; the suite's
-kernels really run under the runtime it names; and a kernel under gVisor
-(registered with --network=host, as scripts/setup.sh does) reaches only what
-its policy allows, judged by the test internet."""
+kernels really run under the runtime it names; and a kernel under gVisor,
+both with its host network mode (the proxy's namespace) and with its own
+network stack (the routed wiring), reaches only what its policy allows,
+judged by the test internet. scripts/setup.sh registers `runsc` (host
+network), `runsc-netstack` (the plain registration: Debian's runsc, too old
+for this host's kernel) and `runsc-emulated` (the plain registration's mode,
+runnable here: tests/gvisor/runsc-emulated)."""
 
 from __future__ import annotations
 
@@ -27,11 +31,21 @@ print(json.dumps({"dmesg": r.stdout[:2000], "version": open("/proc/version").rea
 """
 
 
-def _registered(docker_client, want_host_network: bool) -> str | None:
-    """A gVisor runtime registered on this engine with (or without) --network=host."""
-    runtimes, _ = runtime.engine_runtimes(docker_client.info())
+def _registered(docker_client, kind: str) -> str | None:
+    """A gVisor runtime registered on this engine: `host` (--network=host),
+    `routed` (its own stack, and able to run it on this host's kernel) or
+    `too-old` (its own stack, but too old for this host's kernel)."""
+    info = docker_client.info()
+    runtimes, _ = runtime.engine_runtimes(info)
     for name, rt in sorted(runtimes.items()):
-        if rt.gvisor and rt.path and (rt.gvisor_network == "host") == want_host_network:
+        if not (rt.gvisor and rt.path) or rt.gvisor_network == "none":
+            continue
+        if not runtime.routed(rt):
+            found = "host"
+        else:
+            too_old = runtime.too_old_for_kernel(runtime.local_version(rt), info.get("KernelVersion", ""))
+            found = "too-old" if too_old else "routed"
+        if found == kind:
             return name
     return None
 
@@ -86,12 +100,13 @@ def test_missing_runtime_names_the_daemon_json_fix(start_kernel, docker_client):
     assert "daemon.json" in text and "kill -HUP $(pidof dockerd)" in text
 
 
-def test_gvisor_with_its_own_network_stack_is_refused(start_kernel, docker_client):
-    """The plain registration (`{"path": "/usr/bin/runsc"}`) runs gVisor's
-    netstack, which sends the kernel's packets past the pod's rules."""
-    name = _need(_registered(docker_client, want_host_network=False), "gVisor runtime without --network=host")
+def test_gvisor_too_old_for_the_host_kernel_is_refused_before_any_container(start_kernel, docker_client):
+    """Debian 12's runsc with its own network stack cannot start any container
+    on Linux >= 6.11 (gVisor issue 10704), and a failed gVisor start leaves
+    its sandbox processes behind: refused first, with the fix."""
+    name = _need(_registered(docker_client, "too-old"), "gVisor too old for this kernel (Debian's runsc, plain)")
     text = _refused_and_nothing_left(start_kernel, docker_client, {"runtime": name}, RuntimeRefused)
-    assert "own network stack" in text and '"--network=host"' in text
+    assert runtime.ROOT_NS_ERROR in text and "release-20240801" in text and '"--network=host"' in text
 
 
 def test_kernel_runs_under_the_suites_runtime(kernel, docker_client):
@@ -104,11 +119,13 @@ def test_kernel_runs_under_the_suites_runtime(kernel, docker_client):
     assert c and c[0].attrs["HostConfig"]["Runtime"] == (RUNTIME or docker_client.info()["DefaultRuntime"])
 
 
-def test_gvisor_kernel_reaches_only_what_its_policy_allows(start_kernel, docker_client, testnet):
-    """One kernel under gVisor in every pass (the whole suite runs under it
-    with AWF_TEST_RUNTIME=runsc): the proxy, transparent interception and the
-    resolver work, and nothing reaches a blocked host, the canary or the DNS."""
-    name = _need(_registered(docker_client, want_host_network=True), "gVisor runtime with --network=host")
+@pytest.mark.parametrize("kind", ["host", "routed"])
+def test_gvisor_kernel_reaches_only_what_its_policy_allows(start_kernel, docker_client, testnet, kind):
+    """One kernel under each gVisor wiring in every pass (whole suites run
+    under them with AWF_TEST_RUNTIME): the proxy, transparent interception and
+    the resolver work, and nothing reaches a blocked host, the canary or the
+    DNS, sent by gVisor's host sockets or by its own network stack."""
+    name = _need(_registered(docker_client, kind), f"gVisor runtime ({kind} wiring)")
     k = start_kernel(policy={"allow_domains": ["allowed.test"]}, settings={"runtime": name})
     assert "Starting gVisor" in k.probe(DMESG)["dmesg"]
     mark = testnet.mark()
@@ -141,3 +158,40 @@ def test_gvisor_kernel_reaches_only_what_its_policy_allows(start_kernel, docker_
     assert testnet.web_hits("blocked.test", since=mark) == []
     assert [q for q in testnet.dns_queries(since=mark) if "gvleak" in q.get("name", "")] == []
     assert os.environ.get("AWF_TEST_RUNTIME", "") == RUNTIME
+
+
+def _host_status(pid: int) -> dict[str, str]:
+    lines = pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def test_routed_pod_shape(start_kernel, docker_client):
+    """gVisor's own stack: the kernel is alone in a namespace whose only way
+    out is the link into the proxy's; the holder of that namespace is nobody
+    with no capability; the one-shot root steps are gone; the kernel's
+    interfaces are loopback and its end of the link, routed via the proxy."""
+    from awf_kernel.render import link
+
+    name = _need(_registered(docker_client, "routed"), "gVisor runtime (routed wiring)")
+    k = start_kernel(policy={"allow_domains": ["allowed.test"]}, settings={"runtime": name})
+    pod = {c.labels[naming.ROLE]: c for c in sandbox.pod_containers(k.kernel_id)}
+    assert set(pod) == {"proxy", "holder", "kernel"}, sorted(pod)  # firewall and link steps removed
+    holder, kernel = pod["holder"], pod["kernel"]
+    assert kernel.attrs["HostConfig"]["NetworkMode"] == f"container:{holder.id}"
+    assert holder.attrs["HostConfig"]["NetworkMode"] == "none"
+    assert holder.attrs["Config"]["User"] == "65534:65534"
+    status = _host_status(holder.attrs["State"]["Pid"])
+    assert status["CapEff"].strip("0") == "" and status["CapPrm"].strip("0") == "", status
+    assert status["Uid"].split()[0] == "65534"
+    res = k.probe("""
+        import json, os
+        print(json.dumps({"dev": open("/proc/net/dev").read(), "route": open("/proc/net/route").read(),
+                          "proxy": os.environ["HTTP_PROXY"], "resolv": open("/etc/resolv.conf").read()}))
+    """)
+    names = {line.split(":")[0].strip() for line in res["dev"].splitlines()[2:]}
+    assert names == {"lo", link.KERNEL_IF}, res["dev"]
+    default = [ln.split() for ln in res["route"].splitlines()[1:] if ln.split()[1] == "00000000"]
+    assert len(default) == 1, res["route"]  # one default route: via the proxy's end of the link
+    assert socket.inet_ntoa(bytes.fromhex(default[0][2])[::-1]) == link.PROXY_ADDRESS, res["route"]
+    assert res["proxy"] == f"http://{link.PROXY_ADDRESS}:3128"
+    assert f"nameserver {link.PROXY_ADDRESS}" in res["resolv"]

@@ -20,6 +20,7 @@ from jupyter_client.kernelspec import KernelSpec
 from traitlets import Bool, Int, Unicode
 from traitlets.config import Configurable
 
+from awf_kernel.runtime import EngineRuntime
 from awf_kernel import provisioner as provmod
 from awf_kernel.errors import InvalidSetting, SandboxStartError
 from awf_kernel.policy import parse_domains
@@ -68,7 +69,8 @@ def docker_free(monkeypatch):
     """pre_launch's Docker look-ups answered without an engine."""
     monkeypatch.setattr(provmod.sandbox, "require_image", lambda name, setting: None)
     monkeypatch.setattr(provmod.sandbox, "egress_network", lambda name: EGRESS)
-    monkeypatch.setattr(provmod, "runtime_check", lambda name: None)  # awf_kernel.runtime asks the engine
+    # awf_kernel.runtime asks the engine; here the engine's default, runc
+    monkeypatch.setattr(provmod, "runtime_check", lambda name: EngineRuntime("runc", "runc"))
 
 
 def make(tmp_path, *, root_dir="", spec_env=None, **settings) -> AWFProvisioner:

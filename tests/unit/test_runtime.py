@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from docker.errors import APIError
+
 from awf_kernel import runtime
 from awf_kernel.errors import InvalidSetting
 from awf_kernel.provisioner import AWFProvisioner
@@ -41,16 +43,57 @@ def test_gvisor_network_mode_from_its_flags(args, expected):
     EngineRuntime("io.containerd.runc.v2", "runc"),
     EngineRuntime("runsc", "/usr/bin/runsc", ("--network=host",)),
     EngineRuntime("sandboxed", "/opt/gvisor/runsc", ("--platform=kvm", "--network=host")),
+    EngineRuntime("runsc", "/usr/bin/runsc"),  # the plain registration: routed
+    EngineRuntime("gvisor", "/usr/local/bin/runsc-wrapper"),
+    EngineRuntime("runsc", "", (), "io.containerd.runsc.v1"),  # a shim: its mode unknown, routed holds for any
 ])
 def test_runtimes_that_keep_the_rules(rt):
     assert runtime.judge(rt) is None
 
 
+@pytest.mark.parametrize("rt, expected", [
+    (EngineRuntime("runc", "runc"), False),
+    (EngineRuntime("crun", "/usr/bin/crun"), False),
+    (EngineRuntime("runsc", "/usr/bin/runsc", ("--network=host",)), False),
+    (EngineRuntime("runsc", "/usr/bin/runsc"), True),
+    (EngineRuntime("runsc", "/usr/bin/runsc", ("--network=sandbox",)), True),
+    (EngineRuntime("gvisor", "/usr/local/bin/runsc-wrapper"), True),
+    (EngineRuntime("runsc", "", (), "io.containerd.runsc.v1"), True),
+])
+def test_a_runtime_with_its_own_network_stack_is_routed(rt, expected):
+    """Its packets may come from a stack of its own: the kernel then gets a
+    namespace of its own, linked into the proxy's (render/link.py)."""
+    assert runtime.routed(rt) is expected
+
+
+@pytest.mark.parametrize("version, kernel, expected", [
+    ("runsc version 0.0~20221219.0\nspec: 1.0.2-dev\n", "6.18.44-fc-v669", True),   # Debian 12 on 6.18
+    ("runsc version 0.0~20240729.0\n", "6.11.0", True),                              # bookworm-backports
+    ("runsc version release-20240807.0\n", "6.18.44", False),
+    ("runsc version release-20260817.0\n", "6.18.44", False),
+    ("runsc version 0.0~20221219.0\n", "6.1.0-18-amd64", False),                     # Debian 12's own kernel
+    ("runsc version 0.0~20221219.0\n", "6.10.14", False),
+    ("runsc version awf-test-emulation\n", "6.18.44", False),                         # unknown: left to the start
+    ("", "6.18.44", False),
+])
+def test_gvisor_too_old_for_the_host_kernel(version, kernel, expected):
+    assert runtime.too_old_for_kernel(version, kernel) is expected
+
+
+def test_a_too_old_gvisor_is_refused_with_the_fix():
+    info_ = {**info(runsc=PLAIN), "KernelVersion": "6.18.44"}
+    rt = runtime.resolve("runsc", info_)
+    with pytest.raises(RuntimeRefused) as exc:
+        runtime.refuse_if_too_old(rt, info_, "runsc version 0.0~20221219.0\n")
+    text = str(exc.value)
+    assert runtime.ROOT_NS_ERROR in text and "release-20240801" in text and '"--network=host"' in text
+    runtime.refuse_if_too_old(rt, info_, "runsc version release-20240807.0\n")  # new enough: no error
+    hostinet = runtime.resolve("runsc", {**info(runsc=HOSTINET), "KernelVersion": "6.18.44"})
+    runtime.refuse_if_too_old(hostinet, info_, "runsc version 0.0~20221219.0\n")  # host network: not routed
+
+
 @pytest.mark.parametrize("rt, fragment", [
-    (EngineRuntime("runsc", "/usr/bin/runsc"), "own network stack"),  # the plain registration
-    (EngineRuntime("gvisor", "/usr/local/bin/runsc-wrapper"), "own network stack"),
     (EngineRuntime("runsc", "/usr/bin/runsc", ("--network=none",)), "no network at all"),
-    (EngineRuntime("runsc", "", (), "io.containerd.runsc.v1"), "containerd shim"),
     (EngineRuntime("kata", "/usr/bin/kata-runtime"), "not a runtime awf-kernel knows"),
     (EngineRuntime("sysbox-runc", "/usr/bin/sysbox-runc"), "not a runtime awf-kernel knows"),
 ])
@@ -63,12 +106,9 @@ def test_resolve_picks_the_setting_or_the_engine_default():
     assert runtime.resolve("runsc", info(runsc=HOSTINET)).gvisor
 
 
-def test_plain_gvisor_registration_is_refused_with_the_fix():
-    with pytest.raises(RuntimeRefused) as exc:
-        runtime.resolve("runsc", info(runsc=PLAIN))
-    text = str(exc.value)
-    assert "is refused" in text and "past the pod's iptables rules" in text
-    assert '"runtimeArgs": ["--network=host"]' in text and "daemon.json" in text and "HUP" in text
+def test_plain_gvisor_registration_is_accepted_and_routed():
+    rt = runtime.resolve("runsc", info(runsc=PLAIN))
+    assert rt.gvisor and runtime.routed(rt)
 
 
 def test_missing_runtime_names_the_daemon_json_fix():
@@ -76,7 +116,7 @@ def test_missing_runtime_names_the_daemon_json_fix():
         runtime.resolve("runsc", info())
     text = str(exc.value)
     assert "not registered" in text and "runc" in text
-    assert '{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=host"]}}}' in text
+    assert '{"runtimes": {"runsc": {"path": "/usr/bin/runsc"}}}' in text
     assert "kill -HUP $(pidof dockerd)" in text
 
 
@@ -138,16 +178,21 @@ class _FakeEngine:
 
     def run(self, image, command, **kw):
         self.runs.append((image, kw))
+        if isinstance(self._output, Exception):
+            raise self._output
         return self._output
 
 
 def test_doctor_checks_registration_decision_and_a_real_start():
     ok, detail, fix = runtime.doctor_check(_FakeEngine(info()), "", "img", "bridge")
     assert ok and "engine default 'runc'" in detail
-    engine = _FakeEngine(info(runsc=PLAIN))
+    engine = _FakeEngine(info(runsc=PLAIN), output=b"gVisor (network: own): Linux version 4.4.0")
+    ok, detail, _ = runtime.doctor_check(engine, "runsc", "img", "bridge")
+    assert ok and "network: own" in detail  # routed: its own stack is fine
+    engine = _FakeEngine(info(runsc=PLAIN), output=APIError(
+        "OCI runtime start failed: ... cannot run with network enabled in root network namespace: unknown"))
     ok, detail, fix = runtime.doctor_check(engine, "runsc", "img", "bridge")
-    assert not ok and "own network stack" in detail and "--network=host" in fix
-    assert engine.runs == []  # a refused gVisor is never started: a failed start leaves its processes behind
+    assert not ok and "did not start" in detail and "release-20240801" in fix
     engine = _FakeEngine(info(runsc=HOSTINET))
     ok, detail, _ = runtime.doctor_check(engine, "runsc", "img", "bridge")
     assert ok and "gVisor" in detail
