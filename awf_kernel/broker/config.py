@@ -96,9 +96,10 @@ class BrokerConfig(Configurable):
     tmp_size = Unicode("512m", config=True, help="Size of the kernel's /tmp (Docker syntax, '' = no limit).")
     kernel_runtime = Unicode("", config=True, help="""
         Docker runtime of each kernel container ('' = the engine's default; the
-        single-user server's AWFProvisioner.runtime). gVisor only when
-        registered with `"runtimeArgs": ["--network=host"]`; a runtime under
-        which the pod's rules would not hold is refused (awf_kernel.runtime).""")
+        single-user server's AWFProvisioner.runtime). gVisor (`runsc`) with its
+        own network stack gets a namespace of its own routed through the proxy;
+        a runtime under which the pod's rules would not hold is refused
+        (awf_kernel.runtime).""")
     deny_write = List(Unicode(), [], config=True, help="""
         Paths added to the mandatory list a kernel may not change in its
         writable folder (`~/x`: in the user's home, `/abs`, or `rel` in the folder).""")

@@ -19,7 +19,7 @@ import pytest
 from awf_kernel import naming
 from awf_kernel.sandbox import docker as sandbox
 from tests.integration.conftest import ALLOW
-from tests.integration.gvisor import under_gvisor
+from tests.integration.gvisor import routed, under_gvisor
 from tests.integration.test_attacks import TCP
 
 
@@ -127,25 +127,42 @@ def test_private_answer_never_reaches_the_kernel(kernel, testnet):
 
 
 def test_kernel_cannot_bind_or_impersonate_the_resolver(kernel, testnet):
-    res = kernel.probe("""
-        import json, socket
-        out = {}
+    """Every address and port the kernel could answer DNS or proxy requests
+    on, held while it resolves: the answers stay the pod resolver's."""
+    res = kernel.probe(TCP, """
+        out, held = {}, []
         for kind, typ in (("tcp", socket.SOCK_STREAM), ("udp", socket.SOCK_DGRAM)):
-            for addr in ("127.0.0.1", "0.0.0.0", "127.0.0.11"):
+            for addr in sorted({"127.0.0.1", "0.0.0.0", "127.0.0.11", PROXY}):
                 for port in (53, 5353, 3128, 3129, 3130):
                     s = socket.socket(socket.AF_INET, typ)
                     try:
-                        s.bind((addr, port)); out[f"{kind} {addr}:{port}"] = "bound"
+                        s.bind((addr, port)); out[f"{kind} {addr}:{port}"] = "bound"; held.append(s)
                     except OSError as e:
-                        out[f"{kind} {addr}:{port}"] = type(e).__name__
-                    finally:
-                        s.close()
-        print(json.dumps(out))
+                        out[f"{kind} {addr}:{port}"] = type(e).__name__; s.close()
+        answers = {}
+        for name in ("allowed.test", "blocked.test"):
+            try:
+                answers[name] = sorted({a[4][0] for a in socket.getaddrinfo(name, 80, socket.AF_INET)})
+            except socket.gaierror as e:
+                answers[name] = "gaierror"
+        for s in held:
+            s.close()
+        print(json.dumps({"bind": out, "answers": answers, "proxy": PROXY}))
     """)
-    bound = [k for k, v in res.items() if v == "bound"]
-    assert [k for k in bound if k.endswith(":53")] == [], res  # port 53 is privileged, on every address
-    # the proxy's own addresses and ports are taken before the kernel exists
+    assert res["answers"] == {"allowed.test": [testnet.ips["allowed.test"]], "blocked.test": "gaierror"}, res
+    bound = [k for k, v in res["bind"].items() if v == "bound"]
+    # the proxy's own address and ports are taken before the kernel exists
     # (Squid's ports are TCP only: a UDP socket on them receives nothing)
+    proxy = res["proxy"]
+    assert [k for k in bound if k.split()[1].split(":")[0] == proxy
+            and (k.startswith("tcp") or k.endswith((":53", ":5353")))] == [], res
+    if routed():
+        # A namespace of the kernel's own (gVisor's stack): its loopback holds none
+        # of the proxy's sockets, so what it binds there answers only itself
+        # (checked above: the answers stayed the pod resolver's).
+        assert proxy == "169.254.253.1", res
+        return
+    assert [k for k in bound if k.endswith(":53")] == [], res  # port 53 is privileged, on every address
     taken = [k for k in bound if k.split()[1].split(":")[0] in ("127.0.0.1", "0.0.0.0")
              and (k.startswith("tcp") or k.endswith(":5353"))]
     assert taken == [], res
@@ -176,7 +193,8 @@ def test_forged_dns_answers_from_inside_the_pod_are_not_accepted(kernel, testnet
         def flood():
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             while not stop.is_set():
-                for ip, port in sockets():
+                # and the resolver at the far end of a routed pod's link (PROXY)
+                for ip, port in sockets() | {{(PROXY, 5353), (PROXY, 53)}}:
                     for qid in range(0, 65536, 4096):
                         try:
                             s.sendto(forged(qid, "allowed.test"), ("127.0.0.1" if ip == "0.0.0.0" else ip, port)); sent[0] += 1
@@ -221,10 +239,11 @@ def test_kernel_reaches_the_proxy_only_through_its_front_doors(kernel, testnet):
         out = {}
         # The proxy's internal ports, known by number: under gVisor the kernel's
         # /proc/net is gVisor's own and lists none of the proxy's sockets.
-        known_tcp = {("127.0.0.1", p) for p in (3129, 3130, 5353)}
-        known_udp = {("127.0.0.1", 5353)}
+        # A routed pod's proxy is at the far end of the kernel's link (PROXY), not on its loopback.
+        known_tcp = {(a, p) for a in {"127.0.0.1", PROXY} for p in (3129, 3130, 5353)}
+        known_udp = {(a, 5353) for a in {"127.0.0.1", PROXY}}
         for ip, port in sorted(listeners("/proc/net/tcp", True) | known_tcp):
-            if port in (3128,) or ip not in ("127.0.0.1", "127.0.0.11"):
+            if port in (3128,) or ip not in ("127.0.0.1", "127.0.0.11", PROXY):
                 continue
             out[f"tcp {ip}:{port}"] = tcp(ip, port, struct.pack("!H", len(q)) + q)
         for ip, port in sorted(listeners("/proc/net/udp", False) | known_udp):
@@ -356,9 +375,10 @@ def test_kernel_cannot_fill_the_hosts_disk(start_kernel, docker_client):
     if os.getuid() == 0 and logs:
         assert sum(os.path.getsize(p) for p in logs) <= 21 * 1024 * 1024
     # the connection folder on the host holds the connection file and nothing else
+    # (a routed pod's kernel also gets its resolv.conf from there, read-only)
     conn_dir = os.path.dirname([m["Source"] for m in kernel_c.attrs["Mounts"]
                                 if m["Destination"] == "/awf/connection/kernel.json"][0])
-    assert os.listdir(conn_dir) == ["kernel.json"]
+    assert sorted(os.listdir(conn_dir)) == (["kernel.json", "resolv.conf"] if routed() else ["kernel.json"])
 
 
 def test_proxy_ends_when_its_resolver_dies(start_kernel, docker_client):

@@ -14,7 +14,7 @@ from jupyter_client.manager import AsyncKernelManager
 from awf_kernel import naming
 from awf_kernel.sandbox import docker as sandbox
 from tests.integration.conftest import ALLOW, pod_resources
-from tests.integration.gvisor import under_gvisor
+from tests.integration.gvisor import pod_roles, routed, under_gvisor
 
 
 def _pod(docker_client, kernel_id):
@@ -27,7 +27,7 @@ def test_start_execute_shutdown_leaves_nothing(start_kernel, docker_client, tmp_
     k = start_kernel(policy={"allow_domains": ALLOW}, cwd=str(tmp_path))
     kid = k.kernel_id
     roles = {c.labels[naming.ROLE] for c in _pod(docker_client, kid)}
-    assert roles == {"proxy", "kernel"}  # the firewall step is gone once it ran
+    assert roles == pod_roles()  # the firewall (and a routed pod's link) step is gone once it ran
     res = k.probe("""
         import json, os
         open("made-by-kernel.txt", "w").write("hi")
@@ -89,7 +89,7 @@ def test_restart_keeps_ports_and_rereads_policy(start_kernel, docker_client, tes
     new = {c.labels[naming.ROLE]: c.id for c in _pod(docker_client, k.kernel_id)}
     # a new kernel container in the same proxy side (its rules, ports and audit trail are the kernel's)
     assert new["kernel"] != old["kernel"] and new["proxy"] == old["proxy"], (old, new)
-    assert set(new) == {"proxy", "kernel"}
+    assert set(new) == pod_roles() and new.get("holder") == old.get("holder")  # a routed pod's link is kept
     res = k.probe("""
         import json, requests
         s = requests.Session(); s.trust_env = False
@@ -133,7 +133,8 @@ def test_kernel_environment_is_an_allowlist(start_kernel):
     assert "hub-secret" not in json.dumps(env) and "aws" not in env.values()
     assert "JUPYTERHUB_API_TOKEN" not in env and "MY_TOKEN" not in env and "JPY_PARENT_PID" not in env
     assert env["LANG"] == "C.UTF-8"
-    assert env["HTTP_PROXY"].startswith("http://127.0.0.1:")
+    # the proxy on the kernel's loopback, or in a routed pod at the far end of its link
+    assert env["HTTP_PROXY"] == ("http://169.254.253.1:3128" if routed() else "http://127.0.0.1:3128")
 
 
 def test_kernel_limits_are_applied(kernel, docker_client):

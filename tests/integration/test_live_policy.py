@@ -129,15 +129,19 @@ def test_a_kernel_racing_for_squids_ports_during_a_change_gets_nothing(start_ker
     the change is confirmed only when Squid owns all three, else the kernel
     is stopped. Either way nothing reaches a host the policy does not allow."""
     k = start_kernel(policy={"allow_domains": ["allowed.test"]})
+    # Squid's ports where the kernel reaches them: its loopback, or a routed
+    # pod's link address (HTTP_PROXY names it; a loopback of the kernel's own
+    # there holds none of Squid's sockets).
     k.run("""
-        import socket, threading
+        import os, socket, threading, urllib.parse
+        proxy = urllib.parse.urlsplit(os.environ["HTTP_PROXY"]).hostname
         grabbed, held = [], []
         def grab():
             for _ in range(20000):
                 for port in (3128, 3129, 3130):
                     s = socket.socket()
                     try:
-                        s.bind(("127.0.0.1", port)); s.listen(1); grabbed.append(port); held.append(s); return
+                        s.bind((proxy, port)); s.listen(1); grabbed.append(port); held.append(s); return
                     except OSError:
                         s.close()
         threading.Thread(target=grab, daemon=True).start()
