@@ -21,6 +21,7 @@ import signal
 import socket
 import string
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -126,12 +127,13 @@ class AWFProvisioner(KernelProvisionerBase):
                       config=True, help="Command that starts the kernel inside `image`.")
     runtime = Unicode("", config=True, help="""
         The Docker (OCI) runtime of the kernel container; '' (default) is the
-        engine's default. gVisor works when registered with its host network
-        mode, `{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs":
-        ["--network=host"]}}}` in daemon.json: gVisor's own network stack would
-        send the kernel's packets past the pod's rules, so a runtime under
-        which they would not hold is refused at kernel start
-        (awf_kernel.runtime). The proxy side always runs on the engine's default.""")
+        engine's default. For gVisor, `runsc` as registered in daemon.json
+        (`{"runtimes": {"runsc": {"path": "/usr/bin/runsc"}}}`): with its own
+        network stack the kernel gets a namespace of its own, routed through
+        the proxy (no warm pool then); with `"runtimeArgs": ["--network=host"]`
+        it shares the proxy's, as under runc. A runtime under which the pod's
+        rules would not hold is refused at kernel start (awf_kernel.runtime).
+        The proxy side always runs on the engine's default.""")
 
     # --- policy (admin bounds) ----------------------------------------------
     allow_domains = List(Unicode(), [], config=True, help="""
@@ -402,6 +404,10 @@ class AWFProvisioner(KernelProvisionerBase):
         egress = await self._docker(sandbox.egress_network, self.egress_network)
 
         # A routed pod (render/link.py) is never made ahead: pool pods share the proxy's namespace.
+        if self._routed and self.pool_size > 0:
+            self.log.info("awf-kernel %s: runtime %s runs its own network stack: a pod of its own, routed through "
+                          "the proxy (the warm pool's pods share the proxy's namespace, so none is used)",
+                          self.kernel_id, rt.name)
         if self._kept is None and self.pool_size > 0 and not self._routed:
             await self._claim_from_pool(egress)
         self._connection_file(launcher_env)
@@ -626,6 +632,8 @@ class AWFProvisioner(KernelProvisionerBase):
     _kept: sandbox.Pod | None = None   # a restart keeps the pod's proxy side: the pod without its kernel
     _pod_id: str | None = None         # the pool pod's id this kernel's containers run in, if any
     _routed = False                    # the kernel's runtime has its own network stack (render/link.py)
+    _signalled = False                 # we sent the kernel SIGTERM/SIGKILL: its end is ours
+    _exit_reported = False             # a kernel that ended by itself was reported in the log
     _kept_generation: str = ""         # the policy generation the kept proxy answers by
     _hub_policy: dict | None = None    # hub mode: the effective policy as the broker last reported it
     _generation: str = ""              # the policy files' generation the pod's proxy answers by
@@ -727,6 +735,7 @@ class AWFProvisioner(KernelProvisionerBase):
             if self.plan is None:
                 raise SandboxStartError("launch_kernel was called without pre_launch",
                                         hint="start kernels through jupyter_client's KernelManager")
+            self._signalled = self._exit_reported = False  # a new kernel (a restart's too)
             self.pod = await self._docker(self._start_pod, self.plan, cmd)
         except BaseException:
             # A failed start leaves nothing behind: not our folders, not the
@@ -765,17 +774,52 @@ class AWFProvisioner(KernelProvisionerBase):
         settings, egress, files, rules = self._pod_inputs(plan, cmd)
         if base is None:
             return sandbox.create_pod(settings, egress, files, rules, self.startup_timeout)
+        if claimed is not None:
+            return self._start_in_claimed_pod(settings, files, base)
         t = time.perf_counter()
         try:
-            if kept is None or self._generation != self._kept_generation:
+            if self._generation != self._kept_generation:
                 sandbox.apply_policy(base.proxy_id, files, self._generation)
-            if claimed is not None:
-                sandbox.rename_proxy(base, self.kernel_id)
         except BaseException:
             sandbox.remove_pod(base.kernel_id)
             raise
-        timings = {("pool claim" if claimed else "restart: policy"): time.perf_counter() - t}
+        timings = {"restart: policy": time.perf_counter() - t}
         return sandbox.start_kernel(settings, replace(base, timings=timings), self.startup_timeout)
+
+    def _start_in_claimed_pod(self, settings: podspec.PodSettings, files: dict[str, bytes],
+                              base: sandbox.Pod) -> sandbox.Pod:
+        """A pool pod holds a deny-all policy until the notebook's is confirmed,
+        so the kernel container starts while the proxy puts the notebook's
+        policy in force: at every moment the kernel is under one of the two,
+        never anything wider. The start returns (and jupyter_client sends the
+        first request) only once both are done; if either fails, the whole pod
+        goes. (A restart's new policy is applied first instead: the previous
+        one may be wider than the new.)"""
+        t = time.perf_counter()
+        applied: dict[str, Any] = {}
+
+        def apply() -> None:
+            try:
+                sandbox.apply_policy(base.proxy_id, files, self._generation)
+                sandbox.rename_proxy(base, self.kernel_id)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the starting thread
+                applied["error"] = exc
+            applied["seconds"] = time.perf_counter() - t
+
+        worker = threading.Thread(target=apply, name=f"awf-claim-{self.kernel_id}", daemon=True)
+        worker.start()
+        try:
+            pod = sandbox.start_kernel(settings, replace(base, timings={}), self.startup_timeout)
+        except BaseException:
+            worker.join()
+            sandbox.remove_pod(base.kernel_id)
+            raise
+        worker.join()
+        if "error" in applied:
+            sandbox.remove_pod(base.kernel_id)
+            raise applied["error"]
+        # ("pool claim" overlaps the kernel's create and start: not part of their sum)
+        return replace(pod, timings={"pool claim": applied["seconds"], **pod.timings})
 
     def _remove_pod_now(self) -> None:
         """After a failed start: the pod, whatever it came from."""
@@ -939,6 +983,12 @@ class AWFProvisioner(KernelProvisionerBase):
             await self._docker(sandbox.signal_container, self.pod.kernel_id_container, signal.SIGKILL)
             return -1
         running, code = await self._docker(sandbox.pod_state, self.pod)
+        if not running and code and not self._signalled and not self._exit_reported:
+            # A kernel that ended by itself (not by our signal, not by its own
+            # shutdown): say why while its container is still there to ask.
+            self._exit_reported = True
+            self.log.warning("awf-kernel %s: the kernel container ended by itself: %s", self.kernel_id,
+                             await self._docker(sandbox.exit_report, self.pod.kernel_id_container))
         return None if running else (code if code is not None else -1)
 
     def _protection_broken(self) -> bool:
@@ -984,6 +1034,8 @@ class AWFProvisioner(KernelProvisionerBase):
                 await self._broker().acall("signal", kernel_id=self.kernel_id, signal=int(signum))
             return
         if self.pod is not None:
+            if signum in (signal.SIGKILL, signal.SIGTERM):
+                self._signalled = True
             await self._docker(sandbox.signal_container, self.pod.kernel_id_container, signum)
 
     async def kill(self, restart: bool = False) -> None:

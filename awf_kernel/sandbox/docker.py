@@ -377,6 +377,19 @@ def apply_policy(proxy_id: str, files: dict[str, bytes], generation: str, timeou
     return time.perf_counter() - t
 
 
+def exit_report(container_id: str, tail: int = 30) -> str:
+    """Why a kernel container ended, for the server's log: its state (exit
+    code, OOM kill, error) and its last lines of output."""
+    try:
+        container = client().containers.get(container_id)
+    except NotFound:
+        return "(the container is gone)"
+    state = container.attrs.get("State") or {}
+    head = (f"exit code {state.get('ExitCode')}, OOM-killed {bool(state.get('OOMKilled'))}"
+            + (f", error {state['Error']!r}" if state.get("Error") else ""))
+    return head + "; last output:\n" + _logs(container, tail)
+
+
 def _logs(container, tail: int = 40) -> str:
     try:
         return container.logs(tail=tail).decode(errors="replace")

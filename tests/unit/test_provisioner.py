@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import uuid
 
 import nbformat
@@ -400,3 +401,58 @@ def test_launch_without_pre_launch_is_a_clear_error(tmp_path):
     prov = make(tmp_path)
     with pytest.raises(SandboxStartError, match="without pre_launch"):
         asyncio.run(prov.launch_kernel(["x"]))
+
+
+def _claim_setup(tmp_path, monkeypatch, apply_error=None, start_error=None):
+    """A provisioner about to start in a claimed pool pod, with the engine
+    calls recorded (when each began and ended) instead of made."""
+    prov = make(tmp_path)
+    plan_for(prov, {}, cwd=str(tmp_path))
+    events, removed = [], []
+    base = provmod.sandbox.Pod("pool-abc", "proxyid", "", None)
+
+    def apply_policy(proxy_id, files, generation, timeout=5.0):
+        events.append(("apply", "begin"))
+        time.sleep(0.2)
+        events.append(("apply", "end"))
+        if apply_error:
+            raise apply_error
+        return 0.2
+
+    def start_kernel(settings, pod, startup_timeout=20.0):
+        events.append(("kernel", "begin"))
+        time.sleep(0.1)
+        events.append(("kernel", "end"))
+        if start_error:
+            raise start_error
+        return provmod.sandbox.Pod(pod.kernel_id, pod.proxy_id, "kernelid", None, timings={"kernel start": 0.1})
+
+    monkeypatch.setattr(provmod.sandbox, "apply_policy", apply_policy)
+    monkeypatch.setattr(provmod.sandbox, "start_kernel", start_kernel)
+    monkeypatch.setattr(provmod.sandbox, "rename_proxy", lambda pod, kid: events.append(("rename", kid)))
+    monkeypatch.setattr(provmod.sandbox, "remove_pod", lambda kid: removed.append(kid))
+    settings, _, files, _ = prov._pod_inputs(prov.plan, list(prov.plan.cmd))
+    return prov, settings, files, base, events, removed
+
+
+def test_a_claimed_pods_policy_is_applied_beside_the_kernels_start(tmp_path, docker_free, monkeypatch):
+    """The pool pod's deny-all holds until the notebook's policy is confirmed,
+    so the two run side by side; the start returns only when both are done."""
+    prov, settings, files, base, events, removed = _claim_setup(tmp_path, monkeypatch)
+    pod = prov._start_in_claimed_pod(settings, files, base)
+    assert events.index(("kernel", "begin")) < events.index(("apply", "end"))  # overlapped
+    assert ("rename", prov.kernel_id) in events and removed == []
+    assert pod.kernel_id_container == "kernelid" and "kernel start" in pod.timings
+    assert any(k.startswith("pool claim") for k in pod.timings)
+
+
+@pytest.mark.parametrize("where", ["apply", "kernel"])
+def test_a_claimed_pod_whose_policy_or_kernel_fails_is_removed(tmp_path, docker_free, monkeypatch, where):
+    err = SandboxStartError(f"{where} failed")
+    prov, settings, files, base, events, removed = _claim_setup(
+        tmp_path, monkeypatch, apply_error=err if where == "apply" else None,
+        start_error=err if where == "kernel" else None)
+    with pytest.raises(SandboxStartError, match=f"{where} failed"):
+        prov._start_in_claimed_pod(settings, files, base)
+    assert removed == ["pool-abc"]
+    assert ("apply", "end") in events  # never left running behind the error
