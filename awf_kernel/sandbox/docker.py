@@ -589,11 +589,35 @@ def labelled_pods(owned: bool = True, server: str | None = None) -> list[Labelle
 
 
 def container_pid(container_id: str) -> int | None:
-    """The host pid of a running container's first process, or None."""
+    """The host pid of a process whose /proc/PID/root is the running
+    container's file system as its processes see it, or None. Under runc
+    that is its first process. Under gVisor the first process is the
+    sandbox, whose root is an empty directory: the files the code sees are
+    served by the container's gofer, so it is the gofer's."""
     try:
-        state = client().api.inspect_container(container_id)["State"]
+        attrs = client().api.inspect_container(container_id)
     except NotFound:
         return None
+    state = attrs["State"]
     if not state.get("Running"):
         return None
+    runtime = (attrs.get("HostConfig") or {}).get("Runtime") or ""
+    if "runsc" in runtime or "gvisor" in runtime:
+        return gvisor_gofer_pid(attrs["Id"])
     return state.get("Pid") or None
+
+
+def gvisor_gofer_pid(container_id: str, proc: str = "/proc") -> int | None:
+    """The pid of gVisor's gofer for this container (its command line names
+    the container's bundle), or None."""
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, entry, "cmdline"), "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0] == b"runsc-gofer" and any(container_id.encode() in a for a in argv):
+            return int(entry)
+    return None

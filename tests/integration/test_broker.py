@@ -33,7 +33,7 @@ from awf_kernel import naming
 from awf_kernel.broker.client import BrokerClient, BrokerError
 from awf_kernel.broker.protocol import PORT_NAMES
 from tests.conftest import in_ci
-from tests.integration.conftest import web_host_ranges
+from tests.integration.conftest import RUNTIME, web_host_ranges
 
 REPO = Path(__file__).resolve().parents[2]
 KERNELS_PER_USER = 2
@@ -255,6 +255,7 @@ def broker(testnet, awf_images, users, docker_client):
         c.BrokerConfig.requests_per_user = {REQUESTS_PER_USER}
         c.BrokerConfig.request_timeout = {REQUEST_TIMEOUT}
         c.BrokerConfig.startup_timeout = 60.0
+        c.BrokerConfig.kernel_runtime = {RUNTIME!r}
     """))
     homes_before = {u.name: _home_listing(u) for u in users}
     proc = BrokerProcess(base, config_file)
@@ -404,6 +405,10 @@ def test_kernel_runs_as_its_user_and_reaches_only_declared_hosts(broker, users, 
     pods = pods_of(docker_client, u1)
     assert {c.labels[naming.KERNEL_ID] for c in pods} == {u1_kernel.kernel_id}
     assert {c.labels[naming.OWNER_UID] for c in pods} == {str(u1.uid)}
+    # the broker's kernel_runtime (AWF_TEST_RUNTIME in a gVisor pass), checked
+    # mounts and all: under gVisor the broker reads them through the gofer
+    kernel_c = [c for c in pods if c.labels[naming.ROLE] == "kernel"][0]
+    assert kernel_c.attrs["HostConfig"]["Runtime"] == (RUNTIME or docker_client.info()["DefaultRuntime"])
 
     mark = testnet.mark()
     kc = u1_kernel.client()

@@ -104,3 +104,19 @@ def test_resolver_listens_on_the_link_too(env, expected):
     from tests.unit.test_resolver import resolver
 
     assert resolver.listen_addresses({"listen": "127.0.0.1"}, env) == expected
+
+
+def test_the_gvisor_gofer_is_found_by_its_container(tmp_path):
+    """Under gVisor the broker checks the kernel's mounts through the gofer's
+    root (the sandbox process's root is an empty directory)."""
+    from awf_kernel.sandbox.docker import gvisor_gofer_pid
+
+    cid = "ab" * 32
+    procs = {"1": b"/sbin/init\0", "200": b"runsc-sandbox\0--root=/r\0boot\0--bundle\0/b/" + cid.encode() + b"\0",
+             "201": b"runsc-gofer\0--root=/r\0gofer\0--bundle\0/b/" + cid.encode() + b"\0",
+             "300": b"runsc-gofer\0gofer\0--bundle\0/b/" + b"cd" * 32 + b"\0", "self": b""}
+    for pid, cmdline in procs.items():
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "cmdline").write_bytes(cmdline)
+    assert gvisor_gofer_pid(cid, str(tmp_path)) == 201
+    assert gvisor_gofer_pid("ef" * 32, str(tmp_path)) is None
