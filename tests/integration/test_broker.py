@@ -781,8 +781,14 @@ def _cli_as(user: User, argv: list[str]) -> tuple[int | str, str]:
     import contextlib
     import io
 
-    from awf_kernel import cli
+    from awf_kernel import audit, cli, doctor, kernelspec, naming  # noqa: F401
+    from awf_kernel.broker import client  # noqa: F401
     from awf_kernel.errors import AWFError
+    from awf_kernel.sandbox import gc  # noqa: F401
+
+    # The commands import these when they run; the child, once it is the user,
+    # may not read this checkout (a CI clone made by mktemp -d is 0700), so the
+    # parent imports them first.
 
     def run():
         out = io.StringIO()
