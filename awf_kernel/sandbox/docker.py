@@ -609,11 +609,18 @@ def container_pid(container_id: str) -> int | None:
 
 def gvisor_gofer_pid(container_id: str, proc: str = "/proc") -> int | None:
     """The pid of gVisor's gofer for this container (its command line names
-    the container's bundle), or None."""
-    for entry in os.listdir(proc):
+    the container's bundle), or None. Only a root process counts: any user
+    on the host can start a process with that command line, whose root
+    would be the host's and would pass every check. (Its uids from
+    `status`: a non-dumpable process's /proc folder is root's whoever runs it.)"""
+    for entry in sorted(os.listdir(proc)):
         if not entry.isdigit():
             continue
         try:
+            with open(os.path.join(proc, entry, "status")) as f:
+                uids = next((line.split()[1:] for line in f if line.startswith("Uid:")), None)
+            if uids is None or any(u != "0" for u in uids):
+                continue
             with open(os.path.join(proc, entry, "cmdline"), "rb") as f:
                 argv = f.read().split(b"\0")
         except OSError:

@@ -112,11 +112,14 @@ def test_the_gvisor_gofer_is_found_by_its_container(tmp_path):
     from awf_kernel.sandbox.docker import gvisor_gofer_pid
 
     cid = "ab" * 32
-    procs = {"1": b"/sbin/init\0", "200": b"runsc-sandbox\0--root=/r\0boot\0--bundle\0/b/" + cid.encode() + b"\0",
+    procs = {"1": b"/sbin/init\0", "150": b"runsc-gofer\0--bundle\0/b/" + cid.encode() + b"\0",  # a user's fake
+             "200": b"runsc-sandbox\0--root=/r\0boot\0--bundle\0/b/" + cid.encode() + b"\0",
              "201": b"runsc-gofer\0--root=/r\0gofer\0--bundle\0/b/" + cid.encode() + b"\0",
              "300": b"runsc-gofer\0gofer\0--bundle\0/b/" + b"cd" * 32 + b"\0", "self": b""}
     for pid, cmdline in procs.items():
         (tmp_path / pid).mkdir()
         (tmp_path / pid / "cmdline").write_bytes(cmdline)
+        uid = "1000" if pid == "150" else "0"  # not root: any user could start a process named so
+        (tmp_path / pid / "status").write_text(f"Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
     assert gvisor_gofer_pid(cid, str(tmp_path)) == 201
     assert gvisor_gofer_pid("ef" * 32, str(tmp_path)) is None
