@@ -512,7 +512,8 @@ def test_proxy_runs_unprivileged(kernel, docker_client):
 
 
 def test_talking_to_the_intercept_ports_directly(kernel, testnet):
-    """Squid's intercept ports reached without NAT (no original destination):
+    """Squid's intercept ports reached without NAT (no original destination),
+    where the kernel reaches Squid (PROXY: loopback, or a routed pod's link):
     neither a blocked Host nor a blocked SNI may get through."""
     mark = testnet.mark()
     res = kernel.probe(TCP, SNI, """
@@ -522,10 +523,10 @@ def test_talking_to_the_intercept_ports_directly(kernel, testnet):
             except OSError as e:
                 return "error:" + type(e).__name__
         out = {
-            "http-3129": tcp("127.0.0.1", 3129, b"GET /direct HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n"),
-            "http-3129-absolute": tcp("127.0.0.1", 3129, b"GET http://blocked.test/direct HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n"),
-            "tls-3130": guarded(tls, "127.0.0.1", "blocked.test", 3130),
-            "tls-3130-allowed-sni": guarded(tls, "127.0.0.1", "allowed.test", 3130),
+            "http-3129": tcp(PROXY, 3129, b"GET /direct HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n"),
+            "http-3129-absolute": tcp(PROXY, 3129, b"GET http://blocked.test/direct HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n"),
+            "tls-3130": guarded(tls, PROXY, "blocked.test", 3130),
+            "tls-3130-allowed-sni": guarded(tls, PROXY, "allowed.test", 3130),
         }
         print(json.dumps(out))
     """)

@@ -193,8 +193,8 @@ def test_forged_dns_answers_from_inside_the_pod_are_not_accepted(kernel, testnet
         def flood():
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             while not stop.is_set():
-                # and the resolver at the far end of a routed pod's link (PROXY)
-                for ip, port in sockets() | {{(PROXY, 5353), (PROXY, 53)}}:
+                # and the resolver's port at the far end of a routed pod's link (PROXY)
+                for ip, port in sockets() | {{(PROXY, 5353)}}:
                     for qid in range(0, 65536, 4096):
                         try:
                             s.sendto(forged(qid, "allowed.test"), ("127.0.0.1" if ip == "0.0.0.0" else ip, port)); sent[0] += 1
