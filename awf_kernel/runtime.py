@@ -216,16 +216,20 @@ def refuse_if_too_old(rt: EngineRuntime, info: dict, version: str) -> None:
             f"host's Linux {info.get('KernelVersion')}: it would fail with \"{ROOT_NS_ERROR}\"", hint=TOO_OLD_FIX)
 
 
-def check(name: str) -> EngineRuntime:
-    """`resolve` against the engine this process talks to, and for a routed
-    gVisor its version against the host kernel (blocking: call from a worker thread)."""
-    from .sandbox.docker import client
-
-    info = client().info()
+def vet(name: str, info: dict) -> EngineRuntime:
+    """`resolve`, and for a routed gVisor its version (`--version` of the
+    runtime's binary here) against the engine's host kernel."""
     rt = resolve(name, info)
     if routed(rt):
         refuse_if_too_old(rt, info, local_version(rt))
     return rt
+
+
+def check(name: str) -> EngineRuntime:
+    """`vet` against the engine this process talks to (blocking: call from a worker thread)."""
+    from .sandbox.docker import client
+
+    return vet(name, client().info())
 
 
 def probe(client, name: str, image: str, network: str) -> tuple[bool, str]:
@@ -257,16 +261,11 @@ def probe(client, name: str, image: str, network: str) -> tuple[bool, str]:
 def doctor_check(client, name: str, image: str, network: str) -> tuple[bool, str, str]:
     """`awf-kernel doctor`'s line for the runtime setting: (ok, detail, fix)."""
     try:
-        rt = resolve(name, client.info())
+        rt = vet(name, client.info())
     except (RuntimeMissing, RuntimeRefused) as exc:
         return False, exc.message, exc.hint or ""
     if not name:
         return True, f"engine default '{rt.name}' ({rt.path or rt.runtime_type})", ""
-    try:
-        if routed(rt):
-            refuse_if_too_old(rt, client.info(), local_version(rt))
-    except RuntimeRefused as exc:
-        return False, exc.message, exc.hint or ""
     ok, seen = probe(client, name, image, network)
     if not ok and ROOT_NS_ERROR in seen:
         return False, f"runtime '{name}' did not start a container: {seen}", TOO_OLD_FIX

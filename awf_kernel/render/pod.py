@@ -155,21 +155,30 @@ def firewall_create_kwargs(s: PodSettings, proxy_id: str, env: dict[str, str],
     veth pair whose far end it moves into the holder's namespace by the
     holder's pid 1, which it sees by sharing the holder's pid namespace."""
     return {
-        "image": s.proxy_image,
-        "name": naming.resource_name(s.kernel_id, "firewall"),
-        "labels": naming.labels(s.kernel_id, "firewall", s.server, s.owner_uid),
-        "entrypoint": ["/usr/local/bin/awf-firewall"],
-        "user": "0:0",
-        "network_mode": f"container:{proxy_id}",
-        "cap_drop": ["ALL"],
-        "cap_add": ["NET_ADMIN", "NET_RAW"],
-        "security_opt": ["no-new-privileges"],
-        "environment": env,
+        **_one_shot_step(s, "firewall", "/usr/local/bin/awf-firewall", proxy_id, ["NET_ADMIN", "NET_RAW"], env),
         "pids_limit": 64,
         "mem_limit": "128m",
+        **({"pid_mode": f"container:{holder_id}"} if holder_id else {}),
+    }
+
+
+def _one_shot_step(s: PodSettings, role: str, entrypoint: str, netns_id: str, caps: list[str],
+                   env: dict[str, str]) -> dict:
+    """A pod's root step that runs once in a namespace before any kernel code:
+    root, only `caps`, no new privileges, from the proxy's image."""
+    return {
+        "image": s.proxy_image,
+        "name": naming.resource_name(s.kernel_id, role),
+        "labels": naming.labels(s.kernel_id, role, s.server, s.owner_uid),
+        "entrypoint": [entrypoint],
+        "user": "0:0",
+        "network_mode": f"container:{netns_id}",
+        "cap_drop": ["ALL"],
+        "cap_add": caps,
+        "security_opt": ["no-new-privileges"],
+        "environment": env,
         "log_config": LOG_CONFIG,
         "detach": True,
-        **({"pid_mode": f"container:{holder_id}"} if holder_id else {}),
     }
 
 
@@ -199,23 +208,10 @@ def link_create_kwargs(s: PodSettings, holder_id: str) -> dict:
     namespace, before each kernel container starts there (gVisor copies the
     namespace's interfaces and routes when it starts, and takes the address
     away from the namespace, so a restarted kernel needs it again)."""
-    return {
-        "image": s.proxy_image,
-        "name": naming.resource_name(s.kernel_id, "link"),
-        "labels": naming.labels(s.kernel_id, "link", s.server, s.owner_uid),
-        "entrypoint": ["/usr/local/bin/awf-link"],
-        "user": "0:0",
-        "network_mode": f"container:{holder_id}",
-        "cap_drop": ["ALL"],
-        "cap_add": ["NET_ADMIN"],
-        "security_opt": ["no-new-privileges"],
-        "environment": {"AWF_LINK_IF": link.KERNEL_IF, "AWF_LINK_ADDRESS": f"{link.KERNEL_ADDRESS}/{link.PREFIX}",
-                        "AWF_LINK_GATEWAY": link.PROXY_ADDRESS},
-        "pids_limit": 16,
-        "mem_limit": "64m",
-        "log_config": LOG_CONFIG,
-        "detach": True,
-    }
+    env = {"AWF_LINK_IF": link.KERNEL_IF, "AWF_LINK_ADDRESS": f"{link.KERNEL_ADDRESS}/{link.PREFIX}",
+           "AWF_LINK_GATEWAY": link.PROXY_ADDRESS}
+    return {**_one_shot_step(s, "link", "/usr/local/bin/awf-link", holder_id, ["NET_ADMIN"], env),
+            "pids_limit": 16, "mem_limit": "64m"}
 
 
 def resolv_conf(s: PodSettings) -> str:

@@ -27,8 +27,7 @@ import socket
 hostile = {HOSTILE!r}
 for name in hostile:
     for port in (80, 3128):                     # intercepted, and through the explicit proxy
-        proxy = __import__("urllib.parse").parse.urlsplit(__import__("os").environ["HTTP_PROXY"]).hostname
-        s = socket.create_connection(({allowed!r} if port == 80 else proxy, port), timeout=5)
+        s = socket.create_connection(({allowed!r} if port == 80 else PROXY, port), timeout=5)
         target = "/" if port == 80 else "http://" + name + "/"
         s.sendall(("GET " + target + " HTTP/1.1\\r\\nHost: " + name + "\\r\\nConnection: close\\r\\n\\r\\n").encode())
         try:

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import textwrap
 import time
 
 import nbformat
@@ -19,6 +20,7 @@ import pytest
 from awf_kernel import trust
 from awf_kernel.errors import PolicyError
 from awf_kernel.policy import parse_request
+from tests.integration.test_attacks import PROXY
 
 pytestmark = pytest.mark.docker
 
@@ -129,23 +131,22 @@ def test_a_kernel_racing_for_squids_ports_during_a_change_gets_nothing(start_ker
     the change is confirmed only when Squid owns all three, else the kernel
     is stopped. Either way nothing reaches a host the policy does not allow."""
     k = start_kernel(policy={"allow_domains": ["allowed.test"]})
-    # Squid's ports where the kernel reaches them: its loopback, or a routed
-    # pod's link address (HTTP_PROXY names it; a loopback of the kernel's own
-    # there holds none of Squid's sockets).
-    k.run("""
-        import os, socket, threading, urllib.parse
-        proxy = urllib.parse.urlsplit(os.environ["HTTP_PROXY"]).hostname
+    # Squid's ports where the kernel reaches them (PROXY): its loopback, or a
+    # routed pod's link address (a loopback of the kernel's own there holds
+    # none of Squid's sockets).
+    k.run(PROXY + textwrap.dedent("""
+        import socket, threading
         grabbed, held = [], []
         def grab():
             for _ in range(20000):
                 for port in (3128, 3129, 3130):
                     s = socket.socket()
                     try:
-                        s.bind((proxy, port)); s.listen(1); grabbed.append(port); held.append(s); return
+                        s.bind((PROXY, port)); s.listen(1); grabbed.append(port); held.append(s); return
                     except OSError:
                         s.close()
         threading.Thread(target=grab, daemon=True).start()
-    """)
+    """))
     mark = testnet.mark()
     try:
         update(k, {"allow_domains": ["allowed.test", "other.test"]})

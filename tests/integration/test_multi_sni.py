@@ -16,10 +16,12 @@ import pytest
 
 from awf_kernel import audit
 from awf_kernel.provisioner import AWFProvisioner
+from tests.integration.test_attacks import PROXY
 
 # Run inside the kernel: stdlib only. `hello` sends one hand-built ClientHello
 # and says what came back (a ServerHello, an alert, a close, an error).
-HELLO = r'''
+# (PROXY: the explicit proxy as the kernel reaches it, see test_attacks)
+HELLO = PROXY + r'''
 import json, os, socket, struct
 
 def ext(kind, body):
@@ -83,13 +85,9 @@ CASES = {
 }
 
 
-PROXY_HOST = '__import__("urllib.parse").parse.urlsplit(__import__("os").environ["HTTP_PROXY"]).hostname'
-
-
 def _call(where: str, snis: list, ips: dict) -> str:
     if where.startswith("connect:"):
-        # the explicit proxy as the kernel reaches it (HTTP_PROXY: loopback, or a routed pod's link)
-        return f"hello({PROXY_HOST}, {snis!r}, port=3128, connect={where.split(':', 1)[1]!r})"
+        return f"hello(PROXY, {snis!r}, port=3128, connect={where.split(':', 1)[1]!r})"
     return f"hello({ips[where + '.test']!r}, {snis!r})"
 
 
