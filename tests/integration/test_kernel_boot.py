@@ -7,6 +7,7 @@ import queue
 import time
 
 import pytest
+from jupyter_client import BlockingKernelClient
 
 from tests.integration.conftest import ALLOW
 
@@ -62,3 +63,26 @@ def test_debugger_still_works(start_kernel):
     assert _debug_request(k, "debugInfo", {}).get("success") is True
     assert k.run("print(6 * 7)")["stdout"].strip() == "42"
     _debug_request(k, "disconnect", {"restart": False, "terminateDebuggee": False})
+
+
+def test_iopub_welcomes_every_new_subscriber(start_kernel):
+    """The image's launcher gives Debian's ipykernel 6.17 the IOPub welcome of
+    ipykernel 7 (JEP 65; containers/kernel/ipykernel_launcher.py): without it,
+    jupyter_client waits 0.2 s at every start before it trusts IOPub. Each client
+    that subscribes later (a second browser tab) gets one too."""
+    k = start_kernel(policy={"allow_domains": ALLOW})
+    for _ in range(2):
+        # A client of its own (its own Session: one shared with k.kc would
+        # refuse the second copy of every broadcast as a replayed signature).
+        other = BlockingKernelClient()
+        other.load_connection_info(k.km.get_connection_info())
+        other.start_channels()
+        try:
+            msg = other.iopub_channel.get_msg(timeout=10)
+        except queue.Empty:
+            pytest.fail("a new IOPub subscriber got no message: the kernel does not welcome subscribers")
+        finally:
+            other.stop_channels()
+        assert msg["msg_type"] == "iopub_welcome", msg
+        assert msg["content"] == {"subscription": ""}, msg
+    assert k.run("print(6 * 7)")["stdout"].strip() == "42"
