@@ -259,6 +259,16 @@ class Policy:
                 "mode": self.mode}
 
 
+def widens(old: Policy, new: Policy) -> bool:
+    """Every host `old` admits, `new` admits too: each old allow rule is
+    covered by a new one, and the block rules and mode are the same. A restart
+    that only widens may start the kernel while the new policy goes in force
+    (the old one is never wider than what the notebook now asks for)."""
+    return (new.mode == old.mode and set(new.block) == set(old.block)
+            and (new.allow_all or not old.allow_all)
+            and all(any(covers(n, o) for n in new.allow) for o in old.allow))
+
+
 def resolve_policy(*, admin_allow: tuple[DomainRule, ...] = (), admin_block: tuple[DomainRule, ...] = (),
                    ceiling: tuple[DomainRule, ...] | None = None, request: PolicyRequest | None = None,
                    record_allowed: bool = True) -> Policy:

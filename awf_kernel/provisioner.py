@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from jupyter_client.connect import KernelConnectionInfo, LocalPortCache
 from jupyter_client.provisioning import KernelProvisionerBase
@@ -37,7 +37,7 @@ from . import __version__, addresses, hub_mode, naming, policy_source
 from . import protect, trust
 from .broker.client import BrokerClient, BrokerError
 from .errors import InvalidSetting, PolicyError, SandboxStartError
-from .policy import DomainRule, Policy, PolicyRequest, parse_domains, resolve_policy
+from .policy import DomainRule, Policy, PolicyRequest, parse_domains, resolve_policy, widens
 from .render import pod as podspec, ports
 from .runtime import check as runtime_check
 from .runtime import routed as runtime_routed
@@ -635,6 +635,7 @@ class AWFProvisioner(KernelProvisionerBase):
     _signalled = False                 # we sent the kernel SIGTERM/SIGKILL: its end is ours
     _exit_reported = False             # a kernel that ended by itself was reported in the log
     _kept_generation: str = ""         # the policy generation the kept proxy answers by
+    _in_force: Policy | None = None    # the policy the pod's proxy answers by (start, restart, live change)
     _hub_policy: dict | None = None    # hub mode: the effective policy as the broker last reported it
     _generation: str = ""              # the policy files' generation the pod's proxy answers by
 
@@ -737,6 +738,7 @@ class AWFProvisioner(KernelProvisionerBase):
                                         hint="start kernels through jupyter_client's KernelManager")
             self._signalled = self._exit_reported = False  # a new kernel (a restart's too)
             self.pod = await self._docker(self._start_pod, self.plan, cmd)
+            self._in_force = self.plan.policy
         except BaseException:
             # A failed start leaves nothing behind: not our folders, not the
             # manager's connection file, not the reserved ports. No step may
@@ -775,38 +777,45 @@ class AWFProvisioner(KernelProvisionerBase):
         if base is None:
             return sandbox.create_pod(settings, egress, files, rules, self.startup_timeout)
         if claimed is not None:
-            return self._start_in_claimed_pod(settings, files, base)
+            return self._start_beside_policy(settings, files, base, "pool claim",
+                                             then=lambda: sandbox.rename_proxy(base, self.kernel_id))
+        if self._generation == self._kept_generation:
+            return sandbox.start_kernel(settings, replace(base, timings={"restart: policy": 0.0}),
+                                        self.startup_timeout)
+        if self._in_force is not None and widens(self._in_force, plan.policy):
+            return self._start_beside_policy(settings, files, base, "restart: policy")
         t = time.perf_counter()
         try:
-            if self._generation != self._kept_generation:
-                sandbox.apply_policy(base.proxy_id, files, self._generation)
+            sandbox.apply_policy(base.proxy_id, files, self._generation)
         except BaseException:
             sandbox.remove_pod(base.kernel_id)
             raise
         timings = {"restart: policy": time.perf_counter() - t}
         return sandbox.start_kernel(settings, replace(base, timings=timings), self.startup_timeout)
 
-    def _start_in_claimed_pod(self, settings: podspec.PodSettings, files: dict[str, bytes],
-                              base: sandbox.Pod) -> sandbox.Pod:
-        """A pool pod holds a deny-all policy until the notebook's is confirmed,
-        so the kernel container starts while the proxy puts the notebook's
-        policy in force: at every moment the kernel is under one of the two,
-        never anything wider. The start returns (and jupyter_client sends the
-        first request) only once both are done; if either fails, the whole pod
-        goes. (A restart's new policy is applied first instead: the previous
-        one may be wider than the new.)"""
+    def _start_beside_policy(self, settings: podspec.PodSettings, files: dict[str, bytes],
+                             base: sandbox.Pod, step: str, then: Callable[[], None] | None = None) -> sandbox.Pod:
+        """The kernel container starts while the proxy puts the new policy in
+        force, when the policy it answers by until then is no wider than the new
+        one: a claimed pool pod's deny-all, or a restart's previous policy that
+        the new one only widens (`policy.widens`). At every moment the kernel is
+        under one of the two, never anything wider. The start returns (and
+        jupyter_client sends the first request) only once both are done; if
+        either fails, the whole pod goes. A restart that narrows the policy
+        applies it first instead."""
         t = time.perf_counter()
         applied: dict[str, Any] = {}
 
         def apply() -> None:
             try:
                 sandbox.apply_policy(base.proxy_id, files, self._generation)
-                sandbox.rename_proxy(base, self.kernel_id)
+                if then is not None:
+                    then()
             except BaseException as exc:  # noqa: BLE001 - re-raised in the starting thread
                 applied["error"] = exc
             applied["seconds"] = time.perf_counter() - t
 
-        worker = threading.Thread(target=apply, name=f"awf-claim-{self.kernel_id}", daemon=True)
+        worker = threading.Thread(target=apply, name=f"awf-policy-{self.kernel_id}", daemon=True)
         worker.start()
         try:
             pod = sandbox.start_kernel(settings, replace(base, timings={}), self.startup_timeout)
@@ -818,8 +827,8 @@ class AWFProvisioner(KernelProvisionerBase):
         if "error" in applied:
             sandbox.remove_pod(base.kernel_id)
             raise applied["error"]
-        # ("pool claim" overlaps the kernel's create and start: not part of their sum)
-        return replace(pod, timings={"pool claim": applied["seconds"], **pod.timings})
+        # (the policy step overlaps the kernel's create and start: not part of their sum)
+        return replace(pod, timings={step: applied["seconds"], **pod.timings})
 
     def _remove_pod_now(self) -> None:
         """After a failed start: the pod, whatever it came from."""
@@ -931,7 +940,7 @@ class AWFProvisioner(KernelProvisionerBase):
             self.log.info("awf-kernel %s: policy %s in force after %.2f s (%s): %s", self.kernel_id, generation,
                           seconds, source, json.dumps(plan.policy.to_json()))
         changed = generation != self._generation or plan.pending != previous.pending
-        self.plan, self._generation = plan, generation
+        self.plan, self._generation, self._in_force = plan, generation, plan.policy
         d = self._audit_dir_for_change().parent
         if changed and d.is_dir():
             self._write_policy_meta(d, plan)

@@ -8,6 +8,7 @@ import json
 import os
 import time
 
+import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
@@ -96,6 +97,37 @@ def test_restart_keeps_ports_and_rereads_policy(start_kernel, docker_client, tes
         print(json.dumps(s.get("http://allowed.test/", timeout=10).status_code))
     """)
     assert res == 200  # the policy survived the restart
+
+
+OTHER_GET = """
+    import json, requests
+    try:
+        print(json.dumps(requests.get("http://other.test/", timeout=10).status_code))
+    except requests.RequestException as exc:
+        print(json.dumps(type(exc).__name__))
+"""
+
+
+@pytest.mark.parametrize("before,after", [
+    (["allowed.test"], ["allowed.test", "other.test"]),   # widened: put in force beside the kernel's start
+    (["allowed.test", "other.test"], ["allowed.test"]),   # narrowed: put in force before the kernel starts
+])
+def test_restart_puts_a_changed_policy_in_force_before_the_first_cell(start_kernel, testnet, before, after):
+    """A restart re-reads the policy; whichever way it changed, the new kernel's
+    first cell already meets the new policy, judged by what reaches other.test."""
+    k = start_kernel(policy={"allow_domains": before})
+    assert k.probe(OTHER_GET) == (200 if "other.test" in before else 403)
+    env = {**k.km._launch_args["env"], "AWF_POLICY": json.dumps({"allow_domains": after})}
+    k.km.restart_kernel(now=False, env=env)
+    k.kc.wait_for_ready(timeout=120)
+    mark = testnet.mark()
+    got = k.probe(OTHER_GET)
+    if "other.test" in after:
+        assert got == 200 and [h for h in testnet.web_hits("other.test", since=mark) if h.get("event") == "request"]
+    else:
+        assert got == 403 and testnet.web_hits("other.test", since=mark) == []
+    timings = k.km.provisioner.pod.timings
+    assert "restart: policy" in timings, timings
 
 
 def test_five_kernels_at_once(spec_dir, docker_client):

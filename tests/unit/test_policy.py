@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from awf_kernel.errors import CeilingError, PolicyError
-from awf_kernel.policy import (DomainRule, Policy, PolicyRequest, covers, normalize_host, parse_domain,
+from awf_kernel.policy import (DomainRule, Policy, PolicyRequest, covers, widens, normalize_host, parse_domain,
                                parse_domains, parse_request, parse_request_json, resolve_policy)
 from awf_kernel.render.resolver import render_resolver_config
 from awf_kernel.render.squid import render_squid_conf
@@ -353,3 +353,29 @@ def test_decisions_explain_in_one_line(host):
         decision = policy.decide(host)
         assert decision.reason in ("allowed", "not-allowed", "blocked", "raw-ip", "invalid-host")
         assert len(decision.explain(host).splitlines()) == 1
+
+
+def _pol(allow=(), block=(), mode="enforce", allow_all=False):
+    return Policy(allow=parse_domains(list(allow), "allow"), block=parse_domains(list(block), "block"),
+                  mode=mode, allow_all=allow_all)
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    (_pol(["a.test"]), _pol(["a.test", "b.test"]), True),            # one more host
+    (_pol(["api.a.test"]), _pol(["*.a.test"]), True),                # a wildcard covers the old name
+    (_pol(["a.test"]), _pol(["a.test"]), True),                      # the same
+    (_pol(), _pol(["a.test"]), True),                                # deny-all, then something
+    (_pol(["a.test", "b.test"]), _pol(["a.test"]), False),           # one host fewer
+    (_pol(["*.a.test"]), _pol(["api.a.test"]), False),               # a wildcard narrowed
+    (_pol(["*.a.test"]), _pol(["*.a.test", "b.test"], block=["x.a.test"]), False),  # a new block
+    (_pol(["a.test"], block=["x.test"]), _pol(["a.test"]), False),   # a block dropped: not judged, applied first
+    (_pol(["a.test"]), _pol(["a.test"], mode="record"), False),      # another mode
+    (_pol(mode="record", allow_all=True), _pol(["a.test"], mode="record"), False),  # record without a ceiling lost
+])
+def test_widens_only_when_every_host_allowed_before_still_is(old, new, expected):
+    """A restart may start the kernel while the new policy goes in force only
+    when the old one is no wider (provisioner._start_beside_policy)."""
+    assert widens(old, new) is expected
+    if expected:
+        for host in ("a.test", "api.a.test", "b.test", "x.test", "x.a.test"):
+            assert not old.decide(host).allowed or new.decide(host).allowed, host

@@ -9,6 +9,7 @@ Docker look-ups of `pre_launch` are replaced by fakes.
 
 from __future__ import annotations
 
+from dataclasses import replace
 import asyncio
 import json
 import os
@@ -24,7 +25,7 @@ from traitlets.config import Configurable
 from awf_kernel.runtime import EngineRuntime
 from awf_kernel import provisioner as provmod
 from awf_kernel.errors import InvalidSetting, SandboxStartError
-from awf_kernel.policy import parse_domains
+from awf_kernel.policy import PolicyRequest, parse_domains
 from awf_kernel import trust
 from awf_kernel.provisioner import PORT_NAMES, AWFProvisioner, LaunchPlan
 from awf_kernel.render import pod as podspec
@@ -425,7 +426,8 @@ def _claim_setup(tmp_path, monkeypatch, apply_error=None, start_error=None):
         events.append(("kernel", "end"))
         if start_error:
             raise start_error
-        return provmod.sandbox.Pod(pod.kernel_id, pod.proxy_id, "kernelid", None, timings={"kernel start": 0.1})
+        return provmod.sandbox.Pod(pod.kernel_id, pod.proxy_id, "kernelid", None,
+                                  timings={**pod.timings, "kernel start": 0.1})
 
     monkeypatch.setattr(provmod.sandbox, "apply_policy", apply_policy)
     monkeypatch.setattr(provmod.sandbox, "start_kernel", start_kernel)
@@ -439,11 +441,30 @@ def test_a_claimed_pods_policy_is_applied_beside_the_kernels_start(tmp_path, doc
     """The pool pod's deny-all holds until the notebook's policy is confirmed,
     so the two run side by side; the start returns only when both are done."""
     prov, settings, files, base, events, removed = _claim_setup(tmp_path, monkeypatch)
-    pod = prov._start_in_claimed_pod(settings, files, base)
+    pod = prov._start_beside_policy(settings, files, base, "pool claim",
+                                    then=lambda: provmod.sandbox.rename_proxy(base, prov.kernel_id))
     assert events.index(("kernel", "begin")) < events.index(("apply", "end"))  # overlapped
     assert ("rename", prov.kernel_id) in events and removed == []
     assert pod.kernel_id_container == "kernelid" and "kernel start" in pod.timings
     assert any(k.startswith("pool claim") for k in pod.timings)
+
+
+@pytest.mark.parametrize("new_allow,overlapped", [
+    (["allowed.test", "api.allowed.test"], True),   # widened: the old policy is never wider than the new
+    (["api.allowed.test"], False),                  # narrowed: the new one is in force before the kernel starts
+])
+def test_a_restarts_changed_policy_overlaps_the_kernels_start_only_when_it_widens(
+        tmp_path, docker_free, monkeypatch, new_allow, overlapped):
+    prov, _, _, base, events, removed = _claim_setup(tmp_path, monkeypatch)
+    monkeypatch.setattr(provmod.sandbox, "proxy_still_set_up", lambda pod: True)
+    old = prov.resolve_request(PolicyRequest(allow=parse_domains(["allowed.test"], "t")))
+    new = prov.resolve_request(PolicyRequest(allow=parse_domains(new_allow, "t")))
+    prov._in_force, prov._kept = old.policy, base
+    prov._generation = prov._proxy_files(replace(prov.plan, policy=old.policy))[1]
+    plan = replace(prov.plan, policy=new.policy)
+    pod = prov._start_pod(plan, list(plan.cmd))
+    assert (events.index(("kernel", "begin")) < events.index(("apply", "end"))) is overlapped, events
+    assert "restart: policy" in pod.timings and removed == []
 
 
 @pytest.mark.parametrize("where", ["apply", "kernel"])
@@ -453,6 +474,6 @@ def test_a_claimed_pod_whose_policy_or_kernel_fails_is_removed(tmp_path, docker_
         tmp_path, monkeypatch, apply_error=err if where == "apply" else None,
         start_error=err if where == "kernel" else None)
     with pytest.raises(SandboxStartError, match=f"{where} failed"):
-        prov._start_in_claimed_pod(settings, files, base)
+        prov._start_beside_policy(settings, files, base, "pool claim")
     assert removed == ["pool-abc"]
     assert ("apply", "end") in events  # never left running behind the error
