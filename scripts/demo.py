@@ -59,7 +59,8 @@ def main(path: str) -> int:
         kernelspec.install(prefix=prefix, settings={"egress_network": net.network, "dns_servers": [net.dns_ip]})
         ksm = KernelSpecManager(kernel_dirs=[f"{prefix}/share/jupyter/kernels"])
         km = KernelManager(kernel_name=kernelspec.KERNEL_NAME, kernel_spec_manager=ksm)
-        client = NotebookClient(nb, km=km, timeout=120, resources={"metadata": {"path": str(pathlib.Path(path).parent)}})
+        client = NotebookClient(nb, km=km, timeout=120,
+                                resources={"metadata": {"path": str(pathlib.Path(path).parent)}})
         print(f"policy from the notebook's metadata: {json.dumps(nb.metadata.get('awf'))}")
         try:
             client.execute(env={"AWF_POLICY": json.dumps(nb.metadata.get("awf", {}))})
