@@ -397,11 +397,18 @@ class AWFProvisioner(KernelProvisionerBase):
                              "confirmation (admin policy only until then)", self.kernel_id,
                              json.dumps(resolved.pending.written()))
         self.log.info("awf-kernel %s: effective policy %s", self.kernel_id, json.dumps(resolved.policy.to_json()))
-        await self._docker(sandbox.require_image, self.image, "image")
-        await self._docker(sandbox.require_image, self.proxy_image, "proxy_image")
-        rt = await self._docker(runtime_check, self.runtime)  # refused before any container exists
+        # Four questions to the engine, asked at once (each is a round trip);
+        # the first failing one, in this order, is the error the user sees.
+        # The runtime is refused before any container exists.
+        images = [asyncio.ensure_future(self._docker(sandbox.require_image, image, setting))
+                  for image, setting in ((self.image, "image"), (self.proxy_image, "proxy_image"))]
+        rt_answer = asyncio.ensure_future(self._docker(runtime_check, self.runtime))
+        egress_answer = asyncio.ensure_future(self._docker(sandbox.egress_network, self.egress_network))
+        await asyncio.wait([*images, rt_answer, egress_answer])
+        for image_answer in images:
+            image_answer.result()
+        rt, egress = rt_answer.result(), egress_answer.result()
         self._routed = runtime_routed(rt)
-        egress = await self._docker(sandbox.egress_network, self.egress_network)
 
         # A routed pod (render/link.py) is never made ahead: pool pods share the proxy's namespace.
         if self._routed and self.pool_size > 0:
