@@ -31,7 +31,7 @@ from collections.abc import Iterator
 
 from .errors import PolicyError
 from .kernel_side import awf_records
-from .kernel_side.awf_records import POLICY_FILE, safe_text
+from .kernel_side.awf_records import POLICY_FILE, REVERSE_ZONES, safe_text
 from .kernel_side.awf_records import to_int as _int
 from .naming import POOL_ID_PREFIX, valid_kernel_id
 from .policy import is_ip_literal, normalize_host, parse_domain, parse_domains
@@ -161,11 +161,12 @@ def why_not_allowable(host: str) -> str | None:
 def allow_entry(host: str) -> str | None:
     """The allow_domains entry that allows exactly `host`, or None when no
     entry can: raw IPs, names outside the host grammar (awf_kernel.policy),
-    public suffixes. Only this is ever suggested to paste into a notebook."""
+    public suffixes, reverse-lookup names. Only this is ever suggested to paste
+    into a notebook."""
     if not isinstance(host, str) or is_ip_literal(host):
         return None
     name = normalize_host(host)
-    if name is None:
+    if name is None or name.endswith(REVERSE_ZONES):
         return None
     try:
         return str(parse_domain(name, "host"))

@@ -89,6 +89,9 @@ def is_ip_literal(host) -> bool:
     return bool(_INET_ATON.fullmatch(text.lower()))
 
 
+REVERSE_ZONES = (".in-addr.arpa", ".ip6.arpa")
+
+
 def ascii_name(name: str) -> str | None:
     """`name` in lower case if it is an ASCII host name of the policy's
     grammar (labels of letters, digits and inner '-', no numeric last label),
@@ -117,7 +120,11 @@ def host_name(host) -> str | None:
     else None. Short of the public suffix list, which only the package has (a
     suffix like co.uk passes here; awf_kernel.audit.allow_entry refuses it)."""
     name = runtime_name(host)
-    return name if name and "." in name else None
+    if name is None or "." not in name:
+        return None
+    # A reverse lookup (a kernel asking who 169.254.253.2 is) names no host an
+    # entry could let it reach: never suggested.
+    return None if name.endswith(REVERSE_ZONES) else name
 
 
 def matches(rule: str, name: str) -> bool:

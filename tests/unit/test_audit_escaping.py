@@ -130,6 +130,16 @@ def test_the_notice_never_calls_a_name_valid_that_the_policy_refuses(text):
         assert normalize_host(text) == name
 
 
+@pytest.mark.parametrize("name", ["2.253.254.169.in-addr.arpa", "2.253.254.169.in-addr.arpa.",
+                                  "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.0.0.0.0.1.2.3.4.ip6.arpa"])
+def test_a_reverse_lookup_is_never_suggested(name):
+    """A kernel under gVisor's own network stack asks who its link address is;
+    no allow_domains entry would let it reach a host by that name."""
+    assert awf_notice.host_name(name) is None
+    assert audit.allow_entry(name) is None
+    assert awf_notice.host_name("in-addr.arpa.example.org") == "in-addr.arpa.example.org"
+
+
 # --- awf-kernel logs -------------------------------------------------------------------------
 
 
