@@ -942,6 +942,9 @@ class AWFProvisioner(KernelProvisionerBase):
             except Exception:
                 self.log.error("awf-kernel %s: the new policy was not confirmed; stopping the kernel",
                                self.kernel_id)
+                # The proxy may answer by either policy now: a restart that keeps
+                # it must put its policy in force before the kernel starts.
+                self._generation, self._in_force = "", None
                 await self._docker(sandbox.signal_container, self.pod.kernel_id_container, signal.SIGKILL)
                 raise
             self.log.info("awf-kernel %s: policy %s in force after %.2f s (%s): %s", self.kernel_id, generation,

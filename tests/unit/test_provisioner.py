@@ -467,6 +467,23 @@ def test_a_restarts_changed_policy_overlaps_the_kernels_start_only_when_it_widen
     assert "restart: policy" in pod.timings and removed == []
 
 
+def test_a_live_change_that_was_not_confirmed_leaves_the_policy_in_force_unknown(tmp_path, docker_free,
+                                                                                monkeypatch):
+    """The proxy may then answer by either policy: the restart that follows
+    must put its policy in force before the kernel starts, never beside it."""
+    prov, _, _, base, events, removed = _claim_setup(tmp_path, monkeypatch,
+                                                     apply_error=SandboxStartError("not confirmed"))
+    killed = []
+    monkeypatch.setattr(provmod.sandbox, "signal_container", lambda cid, sig: killed.append(cid))
+    prov.pod = provmod.sandbox.Pod("pool-abc", "proxyid", "kernelid", None)
+    prov._in_force = prov.plan.policy
+    wider = prov.resolve_request(PolicyRequest(allow=parse_domains(["allowed.test", "other.test"], "t")))
+    with pytest.raises(SandboxStartError, match="not confirmed"):
+        asyncio.run(prov._apply(wider, "test"))
+    assert killed == ["kernelid"]
+    assert prov._in_force is None and prov._generation == ""
+
+
 @pytest.mark.parametrize("where", ["apply", "kernel"])
 def test_a_claimed_pod_whose_policy_or_kernel_fails_is_removed(tmp_path, docker_free, monkeypatch, where):
     err = SandboxStartError(f"{where} failed")
