@@ -9,12 +9,12 @@ Docker look-ups of `pre_launch` are replaced by fakes.
 
 from __future__ import annotations
 
-from dataclasses import replace
 import asyncio
 import json
 import os
 import time
 import uuid
+from dataclasses import replace
 
 import nbformat
 import pytest
